@@ -1,0 +1,122 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from tta_core import checkpoint as ckpt
+from tta_core.errors import CheckpointError
+
+
+def model_state(seed):
+    g = torch.Generator().manual_seed(seed)
+    return {"w": torch.randn(4, 3, generator=g), "b": torch.randn(3, generator=g)}
+
+
+def save(root, step, seed):
+    return ckpt.save_checkpoint(
+        root, step,
+        weights={"model": model_state(seed), "ema": model_state(seed + 100)},
+        state={"epoch": 1, "loss": 0.5},
+        tensors={"optimizer": {"exp_avg": torch.ones(3) * seed}, "rng": torch.get_rng_state()},
+    )
+
+
+def test_round_trip(tmp_path):
+    save(tmp_path, 10, seed=1)
+    c = ckpt.latest_checkpoint(tmp_path)
+    assert c.step == 10 and c.state["loss"] == 0.5 and c.weight_names() == ["ema", "model"]
+    assert torch.equal(c.weights("model")["w"], model_state(1)["w"])
+    assert torch.equal(c.tensors()["optimizer"]["exp_avg"], torch.ones(3))
+    assert (tmp_path / "latest").read_text().strip() == "step-00000010"
+
+
+def test_shared_and_non_contiguous_tensors_are_saved(tmp_path):
+    w = torch.randn(4, 4)
+    ckpt.save_weights(tmp_path / "m.safetensors", {"a": w, "tied": w, "t": w.t(), "view": w[1]})
+    loaded = ckpt.load_weights(tmp_path / "m.safetensors")
+    assert torch.equal(loaded["tied"], w) and torch.equal(loaded["t"], w.t()) and torch.equal(loaded["view"], w[1])
+
+
+def test_interrupted_write_keeps_the_previous_checkpoint_selected(tmp_path, monkeypatch):
+    save(tmp_path, 10, seed=1)
+    real = ckpt.save_weights
+    calls = []
+
+    def crash_on_second(path, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(ckpt, "save_weights", crash_on_second)
+    with pytest.raises(OSError, match="No space left"):
+        save(tmp_path, 20, seed=2)
+    c = ckpt.latest_checkpoint(tmp_path)
+    assert c.step == 10
+    assert torch.equal(c.weights("model")["w"], model_state(1)["w"])
+    assert not (tmp_path / "step-00000020").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_a_half_written_folder_from_a_killed_process_is_never_selected(tmp_path):
+    save(tmp_path, 10, seed=1)
+    # what a SIGKILL during a write leaves: a temporary folder with part of the files
+    tmp = tmp_path / ".tmp-step-00000020-999"
+    tmp.mkdir()
+    (tmp / "model.safetensors").write_bytes(b"\x00" * 10)
+    # and a marker that points nowhere, and a step folder without its state.json
+    (tmp_path / "step-00000030").mkdir()
+    assert ckpt.latest_checkpoint(tmp_path).step == 10
+    (tmp_path / "latest").write_text("step-00000040\n")
+    assert ckpt.latest_checkpoint(tmp_path).step == 10
+    ckpt.clean_temporaries(tmp_path)
+    assert not tmp.exists()
+
+
+def test_a_crash_before_the_marker_is_updated_keeps_the_old_selection(tmp_path, monkeypatch):
+    save(tmp_path, 10, seed=1)
+    real = ckpt.atomic_write
+
+    def fail_marker(path, data):
+        if os.path.basename(path) == "latest":
+            raise KeyboardInterrupt
+        return real(path, data)
+
+    monkeypatch.setattr(ckpt, "atomic_write", fail_marker)
+    with pytest.raises(KeyboardInterrupt):
+        save(tmp_path, 20, seed=2)
+    assert (tmp_path / "latest").read_text().strip() == "step-00000010"
+    assert ckpt.latest_checkpoint(tmp_path).step == 10
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"weights": torch.ones(2), "payload": Evil(str(marker))}, path)
+    with pytest.raises(CheckpointError) as err:
+        ckpt.torch_load(path)
+    assert "refusing to load" in str(err.value) and "arbitrary code" in str(err.value)
+    assert not marker.exists()
+    # the same through a checkpoint folder's state.pt
+    save(tmp_path / "run", 1, seed=1)
+    state_pt = tmp_path / "run" / "step-00000001" / "state.pt"
+    with open(state_pt, "wb") as f:
+        pickle.dump({"x": Evil(str(marker))}, f)
+    with pytest.raises(CheckpointError):
+        ckpt.latest_checkpoint(tmp_path / "run").tensors()
+    assert not marker.exists()
+
+
+def test_missing_weights_is_a_clear_error(tmp_path):
+    save(tmp_path, 1, seed=1)
+    with pytest.raises(CheckpointError, match="weights not found"):
+        ckpt.latest_checkpoint(tmp_path).weights("vae")

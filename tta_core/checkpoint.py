@@ -1,0 +1,263 @@
+"""Checkpoint I/O shared by every stage: atomic, and safe to load.
+
+Layout of a stage's ``checkpoints/`` folder::
+
+    checkpoints/
+      step-00000400/
+        <name>.safetensors     one file per weight set (model, ema, ...)
+        state.json             step and everything else JSON can hold
+        state.pt               tensors of the training state (optimizer, RNG, ...),
+                               loadable with torch.load(weights_only=True)
+      latest                   the selected checkpoint's folder name, written last
+
+A checkpoint is written into a hidden temporary folder, every file fsynced, then renamed into
+place; only then is ``latest`` replaced (itself through a temporary file and a rename). A crash
+at any point leaves the previous checkpoint complete and selected. Loading never unpickles
+arbitrary objects: weights are safetensors, state tensors go through ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import CheckpointError
+
+LATEST = "latest"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some filesystems do not open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write a file so that readers see the old content or the new, never a part."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _write_file(tmp, data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _plain_state_dict(state_dict: Mapping[str, Any]) -> dict:
+    """Tensors that safetensors accepts: contiguous, and no two sharing memory."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for key, tensor in state_dict.items():
+        t = tensor.detach()
+        ptr = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else None
+        if not t.is_contiguous() or (ptr is not None and ptr in seen):
+            t = t.contiguous().clone()
+        elif ptr is not None and t.untyped_storage().nbytes() != t.numel() * t.element_size():
+            t = t.clone()  # a view into a larger buffer
+        if ptr is not None:
+            seen.add(ptr)
+        out[key] = t.cpu()
+    return out
+
+
+def save_weights(path: str | os.PathLike, state_dict: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> None:
+    """Write a state dict as safetensors, atomically."""
+    from safetensors.torch import save
+
+    data = save(_plain_state_dict(state_dict), metadata=dict(metadata or {}))
+    atomic_write(path, data)
+
+
+def load_weights(path: str | os.PathLike, device: str = "cpu") -> dict:
+    """Read a safetensors state dict."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"weights not found: {path}")
+    try:
+        return load_file(str(path), device=device)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read weights {path}: {exc}") from exc
+
+
+def weights_metadata(path: str | os.PathLike) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def torch_load(path: str | os.PathLike, map_location: str = "cpu") -> Any:
+    """``torch.load`` that only accepts tensors and plain containers.
+
+    A file whose unpickling needs arbitrary classes or functions is refused: unpickling runs
+    code, so such a file could do anything. Nothing in it is executed.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"file not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()
+        reason = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else "")
+        raise CheckpointError(
+            f"refusing to load {path}: it needs Python objects beyond tensors and plain "
+            f"containers to unpickle ({reason.strip()}). Loading it could run arbitrary code. "
+            "If you trust the file, convert it to a plain state dict or safetensors in a "
+            "separate Python session."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint folder on disk."""
+
+    path: Path
+    step: int
+    state: dict = field(default_factory=dict)
+
+    def weights(self, name: str, device: str = "cpu") -> dict:
+        return load_weights(self.path / f"{name}.safetensors", device=device)
+
+    def has_weights(self, name: str) -> bool:
+        return (self.path / f"{name}.safetensors").exists()
+
+    def weight_names(self) -> list[str]:
+        return sorted(p.name[: -len(".safetensors")] for p in self.path.glob("*.safetensors"))
+
+    def tensors(self, device: str = "cpu") -> dict:
+        path = self.path / "state.pt"
+        return torch_load(path, map_location=device) if path.exists() else {}
+
+
+def _step_dirs(root: Path) -> list[tuple[int, Path]]:
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir() and (p / "state.json").exists():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def save_checkpoint(
+    root: str | os.PathLike,
+    step: int,
+    *,
+    weights: Mapping[str, Mapping[str, Any]],
+    state: Mapping[str, Any] | None = None,
+    tensors: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``root/step-<N>/`` atomically and select it in ``root/latest``.
+
+    ``weights`` maps a name (``model``, ``ema``, ...) to a state dict; ``state`` must be
+    JSON-serialisable; ``tensors`` holds tensor-valued state (optimizer, RNG) and plain
+    containers of them.
+    """
+    import torch
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        for name, state_dict in weights.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise ValueError(f"weight set names are file names, got {name!r}")
+            save_weights(tmp / f"{name}.safetensors", state_dict, metadata)
+        if tensors:
+            import io
+
+            buffer = io.BytesIO()
+            torch.save(dict(tensors), buffer)
+            _write_file(tmp / "state.pt", buffer.getvalue())
+        body = {"step": step, **dict(state or {})}
+        _write_file(tmp / "state.json", json.dumps(body, indent=2, sort_keys=True).encode())
+        _fsync_dir(tmp)
+        if final.exists():  # re-saving the same step replaces it
+            old = root / f".old-step-{step:08d}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(root)
+        atomic_write(root / LATEST, final.name + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Checkpoint | None:
+    """The selected checkpoint: the one ``latest`` names, else the newest complete one."""
+    root = Path(root)
+    marker = root / LATEST
+    chosen: Path | None = None
+    if marker.exists():
+        name = marker.read_text().strip()
+        candidate = root / name
+        if _STEP_DIR.match(name) and (candidate / "state.json").exists():
+            chosen = candidate
+    if chosen is None:
+        dirs = _step_dirs(root)
+        if not dirs:
+            return None
+        chosen = dirs[-1][1]
+    return load_checkpoint(chosen)
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    path = Path(path)
+    state_file = path / "state.json"
+    if not state_file.exists():
+        raise CheckpointError(f"not a complete checkpoint (no state.json): {path}")
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {state_file}: {exc}") from exc
+    return Checkpoint(path=path, step=int(state.get("step", 0)), state=state)
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[Checkpoint]:
+    return [load_checkpoint(p) for _, p in _step_dirs(Path(root))]
+
+
+def clean_temporaries(root: str | os.PathLike) -> None:
+    """Remove folders left by writes that were interrupted (never a complete checkpoint)."""
+    root = Path(root)
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith((".tmp-step-", ".old-step-")) and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,197 @@
+"""Finding and loading plugins through the ``tta.plugins`` entry-point group.
+
+Built-in plugins are found the same way as third-party ones. A plugin that fails to import or
+to register is reported (entry point, plugin, error) and the others keep working, unless
+strict loading is on. Environment switches, as pytest has them:
+
+- ``TTA_STRICT_PLUGINS=1``: a broken plugin is fatal (same as ``--strict-plugins``);
+- ``TTA_DISABLE_PLUGINS=a,b``: skip these plugins (entry-point names);
+- ``TTA_DISABLE_PLUGIN_AUTOLOAD=1``: load no entry point except those named in
+  ``TTA_PLUGINS=a,b``.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Iterable
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+from .registry import Entry, Origin, Registry
+
+ENTRY_POINT_GROUP = "tta.plugins"
+
+
+@dataclass
+class PluginRecord:
+    """One plugin as loading found it."""
+
+    name: str
+    value: str
+    distribution: str | None
+    version: str | None
+    status: str = "ok"  # "ok", "broken: <reason>" or "disabled"
+    error: BaseException | None = field(default=None, repr=False)
+    details: str = field(default="", repr=False)  # traceback of the failure, for --debug
+    components: list[Entry] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class Plugins:
+    """The outcome of loading: the registry and a record per plugin."""
+
+    registry: Registry
+    records: list[PluginRecord]
+    manager: pluggy.PluginManager = field(repr=False)
+
+    @property
+    def broken(self) -> list[PluginRecord]:
+        return [r for r in self.records if r.status.startswith("broken")]
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_list(name: str) -> set[str]:
+    return {part.strip() for part in os.environ.get(name, "").split(",") if part.strip()}
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def load_plugins(
+    *,
+    strict: bool | None = None,
+    disabled: Iterable[str] | None = None,
+    autoload: bool | None = None,
+    enabled: Iterable[str] | None = None,
+    extra: Iterable[tuple[str, Any]] = (),
+) -> Plugins:
+    """Load every plugin of the entry-point group into a fresh registry.
+
+    Arguments left as None come from the environment (see the module doc). ``extra`` adds
+    ``(name, plugin object)`` pairs after the entry points, for embedding and tests.
+    """
+    strict = _env_flag("TTA_STRICT_PLUGINS") if strict is None else strict
+    disabled = _env_list("TTA_DISABLE_PLUGINS") if disabled is None else set(disabled)
+    autoload = (not _env_flag("TTA_DISABLE_PLUGIN_AUTOLOAD")) if autoload is None else autoload
+    enabled = _env_list("TTA_PLUGINS") if enabled is None else set(enabled)
+
+    manager = pluggy.PluginManager("tta")
+    manager.add_hookspecs(hookspecs)
+    registry = Registry()
+    records: list[PluginRecord] = []
+
+    eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+    seen: set[str] = set()
+    for ep in eps:
+        if ep.name in seen:  # the same distribution found twice on sys.path
+            continue
+        seen.add(ep.name)
+        dist = getattr(ep, "dist", None)
+        record = PluginRecord(
+            ep.name, ep.value, dist.name if dist else None, dist.version if dist else None
+        )
+        records.append(record)
+        if ep.name in disabled or (not autoload and ep.name not in enabled):
+            record.status = "disabled"
+            registry.unavailable[ep.name] = (
+                "disabled by TTA_DISABLE_PLUGINS" if ep.name in disabled else "autoload is off"
+            )
+            continue
+        try:
+            obj = ep.load()
+        except BaseException as exc:  # a plugin may raise anything at import, even SystemExit
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            _mark_broken(record, registry, exc, f"import of '{ep.value}' failed")
+            continue
+        _register(manager, registry, record, obj)
+
+    for name, obj in extra:
+        record = PluginRecord(name, repr(obj), None, None)
+        records.append(record)
+        _register(manager, registry, record, obj)
+
+    result = Plugins(registry, records, manager)
+    if strict and result.broken:
+        raise PluginError(
+            "plugins failed to load (strict plugin loading is on):\n"
+            + "\n".join(f"  {r.name} ({r.value}): {r.status}" for r in result.broken)
+        )
+    return result
+
+
+def _mark_broken(record: PluginRecord, registry: Registry, exc: BaseException, what: str) -> None:
+    record.status = f"broken: {what}: {_describe(exc)}"
+    record.error = exc
+    record.details = "".join(traceback.format_exception(exc))
+    record.components = []
+    registry.unavailable[record.name] = "failed to load"
+
+
+def _register(manager: pluggy.PluginManager, registry: Registry, record: PluginRecord, obj) -> None:
+    origin = Origin(record.name, record.distribution, record.version, record.value)
+    staged: list[Entry] = []
+
+    def register(kind: str, name: str, factory: Any) -> None:
+        entry = registry.check_new(kind, name, factory, origin)
+        if any(e.kind == kind and e.name == name for e in staged):
+            raise ValueError(f"{kind} '{name}' is registered twice by {origin.describe()}")
+        staged.append(entry)
+
+    try:
+        manager.register(obj, name=record.name)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        _mark_broken(record, registry, exc, "not a valid plugin")
+        return
+    try:
+        for impl in manager.hook.tta_register.get_hookimpls():
+            if impl.plugin_name == record.name:
+                impl.function(**{arg: register for arg in impl.argnames})
+        for entry in staged:  # all of a plugin's registrations, or none
+            registry.add(entry)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        manager.unregister(name=record.name)
+        _mark_broken(record, registry, exc, "registration failed")
+        return
+    record.components = staged
+
+
+_cached: Plugins | None = None
+
+
+def get_plugins(*, strict: bool | None = None) -> Plugins:
+    """The plugins of this process, loaded once (per strictness) and shared."""
+    global _cached
+    if _cached is None:
+        _cached = load_plugins(strict=strict)
+    elif strict and _cached.broken:
+        load_plugins(strict=True)  # raises with the full report
+    return _cached
+
+
+def get_registry() -> Registry:
+    return get_plugins().registry
+
+
+def reset() -> None:
+    """Forget the loaded plugins (after installing one, or in tests)."""
+    global _cached
+    _cached = None

@@ -1,0 +1,166 @@
+"""The contracts between tta's layers, with the shapes each one takes and gives.
+
+Components are plain objects (usually ``torch.nn.Module``) that satisfy these protocols;
+nothing needs to inherit from them. Shapes use: B batch, L tokens, D feature width,
+C latent channels, T mel frames, F mel bins, N audio samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What a conditioner gives a denoiser.
+
+    tokens: [B, L, D] float, a sequence for cross-attention (T5, CLIP), or None.
+    mask:   [B, L] bool, True where ``tokens`` holds a real token (not padding), or None.
+    pooled: [B, D'] float, one vector per item for FiLM / class embedding (CLAP), or None.
+    """
+
+    tokens: "torch.Tensor | None" = None
+    mask: "torch.Tensor | None" = None
+    pooled: "torch.Tensor | None" = None
+
+    def __post_init__(self) -> None:
+        if self.tokens is None and self.pooled is None:
+            raise ValueError("Conditioning needs tokens, pooled, or both")
+        if self.mask is not None and self.tokens is None:
+            raise ValueError("Conditioning.mask describes tokens, but tokens is None")
+        if self.tokens is not None and self.tokens.dim() != 3:
+            raise ValueError(f"Conditioning.tokens must be [B, L, D], got {tuple(self.tokens.shape)}")
+        if self.mask is not None and tuple(self.mask.shape) != tuple(self.tokens.shape[:2]):
+            raise ValueError(
+                f"Conditioning.mask must be [B, L] = {tuple(self.tokens.shape[:2])}, got {tuple(self.mask.shape)}"
+            )
+        if self.pooled is not None and self.pooled.dim() != 2:
+            raise ValueError(f"Conditioning.pooled must be [B, D], got {tuple(self.pooled.shape)}")
+        if self.tokens is not None and self.pooled is not None and self.tokens.shape[0] != self.pooled.shape[0]:
+            raise ValueError("Conditioning.tokens and .pooled disagree on the batch size")
+
+    @property
+    def batch_size(self) -> int:
+        return (self.tokens if self.tokens is not None else self.pooled).shape[0]
+
+    def map(self, fn: Callable[["torch.Tensor"], "torch.Tensor"]) -> "Conditioning":
+        """Apply ``fn`` to every tensor present (device moves, indexing, repeats)."""
+        return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None})
+
+    def to(self, *args: Any, **kwargs: Any) -> "Conditioning":
+        """Move to a device; float tensors also take a dtype, the bool mask keeps its own."""
+        def move(t: "torch.Tensor") -> "torch.Tensor":
+            if t.is_floating_point():
+                return t.to(*args, **kwargs)
+            device = kwargs.get("device", next((a for a in args if not _is_dtype(a)), None))
+            return t.to(device) if device is not None else t
+        return self.map(move)
+
+    def repeat(self, n: int) -> "Conditioning":
+        """Each item repeated ``n`` times in a row: [a, b] -> [a, a, b, b] for n=2."""
+        return self.map(lambda t: t.repeat_interleave(n, dim=0))
+
+    @staticmethod
+    def cat(items: "list[Conditioning]") -> "Conditioning":
+        """Concatenate along the batch; token sequences of different lengths are padded
+        with zeros and masked out."""
+        import torch
+
+        first = items[0]
+        out: dict[str, Any] = {}
+        if first.tokens is not None:
+            length = max(c.tokens.shape[1] for c in items)
+            toks, masks = [], []
+            for c in items:
+                pad = length - c.tokens.shape[1]
+                mask = c.mask if c.mask is not None else torch.ones(c.tokens.shape[:2], dtype=torch.bool, device=c.tokens.device)
+                toks.append(torch.nn.functional.pad(c.tokens, (0, 0, 0, pad)))
+                masks.append(torch.nn.functional.pad(mask, (0, pad), value=False))
+            out["tokens"] = torch.cat(toks)
+            out["mask"] = torch.cat(masks) if any(c.mask is not None for c in items) or len({c.tokens.shape[1] for c in items}) > 1 else None
+        if first.pooled is not None:
+            out["pooled"] = torch.cat([c.pooled for c in items])
+        return Conditioning(**out)
+
+
+def _is_dtype(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.dtype)
+
+
+@runtime_checkable
+class Conditioner(Protocol):
+    """Text (and optionally audio) to :class:`Conditioning`.
+
+    ``encode_text(texts: list[str]) -> Conditioning`` with batch B = len(texts).
+    ``null(batch: int) -> Conditioning``: the unconditional input that classifier-free
+    guidance and caption dropout use (the empty prompt, or a learned null embedding).
+    Optional: ``encode_audio(wave [B, N], sample_rate: int) -> Conditioning`` for
+    conditioners with an audio side (CLAP), so training can use audio without captions.
+    """
+
+    def encode_text(self, texts: list[str]) -> Conditioning: ...
+
+    def null(self, batch: int) -> Conditioning: ...
+
+
+@runtime_checkable
+class Autoencoder(Protocol):
+    """Audio representation to latent and back.
+
+    ``domain``: ``"mel"`` (encode takes log-mel [B, 1, T, F]) or ``"waveform"`` ([B, 1, N]).
+    ``encode(x) -> latent`` [B, C, ...]; ``decode(latent, **sampling) -> x`` in the same
+    domain (a diffusion autoencoder decodes by sampling and takes ``steps``/``sampler``).
+    ``latent_shape(n) -> tuple`` the latent shape, without batch, for n frames or samples.
+    """
+
+    domain: Literal["mel", "waveform"]
+
+    def encode(self, x: "torch.Tensor") -> "torch.Tensor": ...
+
+    def decode(self, latent: "torch.Tensor", **sampling: Any) -> "torch.Tensor": ...
+
+    def latent_shape(self, n: int) -> tuple[int, ...]: ...
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """The raw network: ``forward(x_t [B, ...], t [B] float, cond: Conditioning) -> [B, ...]``
+    with the output shaped like ``x_t``. What the output means (noise, v, clean signal) is
+    the process's business, not the network's."""
+
+    def __call__(self, x_t: "torch.Tensor", t: "torch.Tensor", cond: Conditioning) -> "torch.Tensor": ...
+
+
+@runtime_checkable
+class Vocoder(Protocol):
+    """Log-mel [B, 1, T, F] to waveform [B, N], N = T * hop_length, at ``sample_rate``."""
+
+    sample_rate: int
+    hop_length: int
+
+    def __call__(self, mel: "torch.Tensor") -> "torch.Tensor": ...
+
+
+#: ``denoise(x [B, ...], alpha [B], sigma [B]) -> x0 estimate [B, ...]``: what samplers call.
+DenoiseFn = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """``sample(denoise, x_T, schedule, *, generator=None, callback=None) -> x_0``.
+
+    ``schedule`` is a [S+1, 2] tensor of (alpha, sigma) from most to least noisy, with
+    ``x_t = alpha * x_0 + sigma * eps``; the last row is the clean end (0 noise). A sampler
+    keeps any multistep memory in local variables: calling it twice gives the same result.
+    ``callback(step, total, x)`` reports progress.
+    """
+
+    def __call__(self, denoise: DenoiseFn, x_T: "torch.Tensor", schedule: "torch.Tensor", *,
+                 generator: "torch.Generator | None" = None,
+                 callback: Callable[[int, int, "torch.Tensor"], None] | None = None) -> "torch.Tensor": ...

@@ -1,0 +1,1 @@
+"""Test helpers for tta and its plugins: the conformance kit (:mod:`.conformance`)."""

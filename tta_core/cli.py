@@ -283,7 +283,11 @@ def _import_commands() -> None:
         importlib.import_module(f"{commands.__name__}.{info.name}")
 
 
-_import_commands()
-
 if __name__ == "__main__":
-    run()
+    # `python -m tta_core.cli` (and accelerate/torchrun -m): run the imported module, where
+    # the command modules registered themselves, not this __main__ copy.
+    from tta_core.cli import run as _run
+
+    _run()
+else:
+    _import_commands()

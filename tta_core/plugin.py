@@ -16,9 +16,15 @@ from __future__ import annotations
 import pluggy
 
 from .errors import TtaError, UsageError
+from .interfaces import Autoencoder, Conditioner, Conditioning, Denoiser, Sampler, Vocoder
+from .recipe import Component, Ref
 from .registry import KINDS
 
 #: Decorator marking a function as an implementation of a hook in :mod:`tta_core.hookspecs`.
 hookimpl = pluggy.HookimplMarker("tta")
 
-__all__ = ["hookimpl", "KINDS", "TtaError", "UsageError"]
+__all__ = [
+    "hookimpl", "KINDS", "TtaError", "UsageError",
+    "Conditioning", "Conditioner", "Autoencoder", "Denoiser", "Sampler", "Vocoder",
+    "Component", "Ref",
+]

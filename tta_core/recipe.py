@@ -92,6 +92,9 @@ SECTIONS: dict[str, Any] = {
     "eval": dict,
 }
 
+_OPTIMIZER = {"type": typing.Literal["adamw", "adam", "sgd"], "lr": Number, "betas": tuple[Number, Number],
+              "weight_decay": Number, "eps": Number, "momentum": Number}
+
 STAGE_FIELDS: dict[str, Any] = {
     "name": str,
     "objective": Component("objective"),
@@ -101,15 +104,20 @@ STAGE_FIELDS: dict[str, Any] = {
     "max_steps": int,
     "batch_size": int,
     "grad_accum": int,
-    "grad_clip": Number,
+    "grad_clip": typing.Optional[Number],
     "precision": typing.Literal["fp32", "bf16", "fp16"],
     "seed": int,
-    "optimizer": dict,
-    "lr_schedule": dict,
-    "ema": dict,
+    "optimizer": _OPTIMIZER,
+    "optimizers": dict[str, dict],  # per-optimizer overrides of optimizer:, by the objective's names
+    "lr_schedule": {"type": typing.Literal["constant", "cosine", "linear"], "warmup_steps": int, "min_lr_ratio": Number},
+    "ema": {"beta": Number, "update_after_step": int, "update_every": int, "power": Number},
     "checkpoint_every": int,
     "validate_every": int,
     "keep_last": int,
+    "milestones": list[int],
+    "max_nonfinite": int,
+    "num_workers": int,
+    "log_every": int,
 }
 
 

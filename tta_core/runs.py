@@ -1,0 +1,70 @@
+"""The run directory: where a recipe's stages keep their checkpoints, logs and samples.
+
+    runs/<recipe>/                 default; --run-dir DIR on train, sample and eval
+      <stage>/
+        recipe.resolved.yaml       the recipe this stage ran with
+        checkpoints/step-<N>/      <component>.safetensors, <component>.ema.safetensors,
+                                   state.json, state.pt  (see tta_core.checkpoint)
+        checkpoints/latest
+        logs/                      metrics.jsonl and TensorBoard events
+        samples/                   validation clips and spectrograms
+
+Weights of a component are found in the latest checkpoint of the last stage (in recipe
+order) that trains it; the EMA copy is preferred when the stage kept one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import Checkpoint, latest_checkpoint
+
+
+def default_run_dir(recipe_name: str) -> Path:
+    return Path("runs") / recipe_name
+
+
+def weights_file(component: str, ema: bool = False) -> str:
+    return f"{component}.ema.safetensors" if ema else f"{component}.safetensors"
+
+
+@dataclass(frozen=True)
+class FoundWeights:
+    component: str
+    stage: str
+    checkpoint: Checkpoint
+    ema: bool
+
+    @property
+    def path(self) -> Path:
+        return self.checkpoint.path / weights_file(self.component, self.ema)
+
+    def load(self, device: str = "cpu") -> dict:
+        return self.checkpoint.weights(weights_file(self.component, self.ema)[: -len(".safetensors")], device)
+
+
+class RunDir:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def checkpoints(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "checkpoints"
+
+    def latest(self, stage: str) -> Checkpoint | None:
+        return latest_checkpoint(self.checkpoints(stage))
+
+    def find_weights(self, component: str, stages: list[str], prefer_ema: bool = True) -> FoundWeights | None:
+        """The newest weights of ``component`` among ``stages`` (searched last to first)."""
+        for stage in reversed(stages):
+            ckpt = self.latest(stage)
+            if ckpt is None:
+                continue
+            for ema in ((True, False) if prefer_ema else (False,)):
+                if (ckpt.path / weights_file(component, ema)).exists():
+                    return FoundWeights(component, stage, ckpt, ema)
+        return None

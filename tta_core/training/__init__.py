@@ -1,0 +1,1 @@
+"""Training: stages, the objective contract, the trainer (see engine.py)."""

@@ -271,3 +271,13 @@ def test_two_processes_match_one_with_the_same_total_batch(toy, tmp_path):
         assert torch.allclose(rank0[key], single[key], atol=1e-5), key
     # only rank 0 wrote logs: one metrics line per step
     assert len(losses(tmp_path / "two")) == 8
+
+    # the CLI under torchrun runs the same stage
+    cli = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29518", "-m", "tta_core.cli",
+                          str(toy), "train", "--run-dir", str(tmp_path / "cli"), "--device", "cpu",
+                          "--set", "components.net.dropout=0.0", "--set", "train.fit.objective.noise=0.0"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert cli.stdout.count("stage 'fit': step 8") == 2  # both ranks ran it
+    via_cli = final(tmp_path / "cli")[1]
+    assert all(torch.equal(via_cli[k], saved[k]) for k in saved)

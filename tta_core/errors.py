@@ -66,6 +66,12 @@ class CheckpointError(TtaError):
     exit_code = 1
 
 
+class DataError(TtaError):
+    """A dataset left nothing usable, or a bad item met the ``on_bad_item: fail`` policy."""
+
+    exit_code = 1
+
+
 def closest(name: str, candidates: Iterable[str]) -> str | None:
     """The candidate most similar to ``name``, or None when nothing is close."""
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)

@@ -71,7 +71,15 @@ Number = float  # ints are accepted where a float is annotated
 SECTIONS: dict[str, Any] = {
     "name": str,
     "description": str,
-    "audio": dict,
+    # tta_core.data.config.AudioConfig reads this section; a test keeps the two in step.
+    "audio": {
+        "sample_rate": int,
+        "duration": Number,
+        "min_duration": Number,
+        "normalize": bool,
+        "on_bad_item": typing.Literal["skip", "fail"],
+        "mel": {"n_fft": int, "hop": int, "win": int, "n_mels": int, "fmin": Number, "fmax": Number},
+    },
     "data": dict[str, Component("dataset")],
     "components": "components",  # validated by _check_components
     "train": "train",  # a list of STAGE_FIELDS mappings
@@ -79,6 +87,8 @@ SECTIONS: dict[str, Any] = {
         "sampler": Component("sampler"),
         "steps": int,
         "guidance": Number,
+        "guidance_rescale": Number,  # phi of diffusers' rescale_noise_cfg, 0..1
+        "guidance_interval": tuple[Number, Number],  # guide only where sigma is in [lo, hi]
         "negative": str,
         "seed": int,
         "duration": Number,

@@ -1,0 +1,190 @@
+"""Dataset readers: metadata in one of the field's layouts -> an ItemSet of captioned clips.
+
+Each reader's keyword signature is what a recipe's ``data:`` node is validated against::
+
+    data:
+      train: {type: jsonl, manifest: data/synth/manifest.jsonl}
+
+Paths given in the recipe are relative to the working directory; paths inside a metadata
+file are relative to that file (``docs/data.md`` shows each layout). Bad rows are counted and
+skipped by :class:`tta_core.data.items.Collector`, never raised; only a metadata file that
+cannot be read at all is an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+from tta_core.plugin import Collector, DataError, ItemSet, resolve_path
+
+AUDIO_EXTENSIONS = ("wav", "flac", "ogg", "mp3", "aiff", "aif")
+
+
+def _open_json(path: Path, what: str):
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read {what} {path}: {exc}") from None
+
+
+def jsonl(manifest: str) -> ItemSet:
+    """A JSON-lines manifest, one clip per line::
+
+        {"id": "a1", "audio": "audio/a1.wav", "caption": "a dog barks", "label": "dog"}
+        {"audio": "b.flac", "caption": ["rain on a roof", "steady rain"]}
+
+    ``audio`` is relative to the manifest; ``caption`` a string or a list (one is drawn per
+    epoch); ``id`` defaults to the audio file's stem; other fields are kept in ``item.meta``.
+    """
+    path = Path(manifest)
+    if not path.is_file():
+        raise DataError(f"manifest not found: {path}")
+    out = Collector(f"jsonl {path}")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            where = f"{path}:{n}"
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                out.skip("bad_row", where, f"not JSON: {exc.msg}")
+                continue
+            if not isinstance(row, dict) or not isinstance(row.get("audio"), str) or not row["audio"]:
+                out.skip("bad_row", where, "a line is an object with an 'audio' path")
+                continue
+            meta = {k: v for k, v in row.items() if k not in ("id", "audio", "caption", "label")}
+            out.add(id=row.get("id"), audio=resolve_path(row["audio"], path.parent), captions=row.get("caption"),
+                    label=row.get("label"), meta=meta, where=where)
+    return out.result()
+
+
+def audiocaps(metadata: str, wav_dir: str = "wav") -> ItemSet:
+    """Amphion's layout: a JSON list of ``{"Dataset", "Uid", "Caption"}`` with the audio at
+    ``<wav_dir>/<Uid>.wav`` beside the metadata file (``AudioCaps/train.json`` +
+    ``AudioCaps/wav/``). Rows sharing a Uid are one clip with several captions."""
+    path = Path(metadata)
+    rows = _open_json(path, "AudioCaps metadata")
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: expected a JSON list of {{Dataset, Uid, Caption}} objects")
+    out = Collector(f"audiocaps {path}")
+    clips: OrderedDict[tuple, dict] = OrderedDict()
+    for i, row in enumerate(rows):
+        where = f"{path}[{i}]"
+        if not isinstance(row, dict) or not row.get("Uid"):
+            out.skip("bad_row", where, "a row is an object with a Uid")
+            continue
+        key = (str(row.get("Dataset", "")), str(row["Uid"]))
+        clip = clips.setdefault(key, {"where": where, "captions": []})
+        caption = row.get("Caption")
+        clip["captions"] += caption if isinstance(caption, list) else [caption]
+    for (dataset, uid), clip in clips.items():
+        captions = [c for c in clip["captions"] if isinstance(c, str)]
+        out.add(id=f"{dataset}_{uid}" if dataset else uid, audio=resolve_path(f"{wav_dir}/{uid}.wav", path.parent),
+                captions=captions, where=clip["where"], meta={"dataset": dataset} if dataset else None)
+    return out.result()
+
+
+def audioldm(dataset_root: str, split: str = "train", datasets: list[str] | None = None,
+             base_dir: str | None = None) -> ItemSet:
+    """AudioLDM's layout: ``dataset_root.json`` names each dataset's audio root and its
+    per-split metadata files::
+
+        {"audiocaps": "audioset",
+         "metadata": {"path": {"audiocaps": {"train": "meta/train.json", "val": "meta/val.json"}}}}
+
+    and each metadata file is ``{"data": [{"wav": "<relative to the audio root>", "caption": ...,
+    "labels": ...}]}``. Relative paths in dataset_root.json resolve against ``base_dir``
+    (default: the folder of dataset_root.json; AudioLDM's own files are written relative to
+    its repository root, so point base_dir there). ``datasets`` picks some (default: all).
+    """
+    path = Path(dataset_root)
+    root = _open_json(path, "AudioLDM dataset_root.json")
+    base = Path(base_dir) if base_dir else path.parent
+    table = (root.get("metadata") or {}).get("path") if isinstance(root, dict) else None
+    if not isinstance(table, dict):
+        raise DataError(f"{path}: expected {{\"metadata\": {{\"path\": {{<dataset>: {{<split>: <file>}}}}}}}}")
+    names = list(datasets) if datasets is not None else list(table)
+    out = Collector(f"audioldm {path} [{split}]")
+    for name in names:
+        if name not in table or not isinstance(root.get(name), str):
+            raise DataError(f"{path}: dataset '{name}' needs an entry under metadata.path and an audio root "
+                            f"'{name}': <folder>. Datasets listed: {', '.join(table) or 'none'}.")
+        splits = table[name] if isinstance(table[name], dict) else {}
+        if split not in splits:
+            raise DataError(f"{path}: dataset '{name}' has no split '{split}'. Splits: {', '.join(splits) or 'none'}.")
+        meta_path = resolve_path(splits[split], base)
+        audio_root = resolve_path(root[name], base)
+        rows = _open_json(meta_path, f"AudioLDM metadata of '{name}'")
+        rows = rows.get("data") if isinstance(rows, dict) else None
+        if not isinstance(rows, list):
+            raise DataError(f"{meta_path}: expected {{\"data\": [{{\"wav\": ..., \"caption\": ...}}]}}")
+        for i, row in enumerate(rows):
+            where = f"{meta_path}[{i}]"
+            if not isinstance(row, dict) or not isinstance(row.get("wav"), str) or not row["wav"]:
+                out.skip("bad_row", where, "a row is an object with a 'wav' path")
+                continue
+            labels = row.get("labels")
+            out.add(id=row.get("id") or f"{name}/{Path(row['wav']).with_suffix('').as_posix()}",
+                    audio=resolve_path(row["wav"], audio_root), captions=row.get("caption"), where=where,
+                    label=labels if isinstance(labels, str) and labels else None, meta={"dataset": name})
+    return out.result()
+
+
+def folder(path: str, text_dir: str | None = None, extensions: list[str] = list(AUDIO_EXTENSIONS)) -> ItemSet:
+    """A folder of audio files (searched recursively) with captions in text files: a sidecar
+    ``x.txt`` beside ``x.wav``, or with ``text_dir`` a parallel folder
+    (``audio/birds/x.wav`` + ``text_descriptions/birds/x.txt``). One caption per non-blank line.
+    The id is the file's path under ``path`` without its extension."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"audio folder not found: {root}")
+    texts = Path(text_dir) if text_dir else root
+    if not texts.is_dir():
+        raise DataError(f"caption folder not found: {texts}")
+    suffixes = {"." + e.lower().lstrip(".") for e in extensions}
+    out = Collector(f"folder {root}")
+    for audio in sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file()):
+        rel = audio.relative_to(root).with_suffix("")
+        txt = (texts / rel).with_suffix(".txt")
+        try:
+            captions = txt.read_text(encoding="utf-8", errors="replace").splitlines() if txt.is_file() else []
+        except OSError:
+            captions = []
+        out.add(id=rel.as_posix(), audio=audio, captions=captions, where=str(audio))
+    return out.result()
+
+
+def clotho(csv_file: str, audio_dir: str | None = None) -> ItemSet:
+    """Clotho: ``clotho_captions_<split>.csv`` with columns ``file_name, caption_1 .. caption_5``,
+    the audio in ``<split>/`` beside it (or ``audio_dir``). The id is the file name."""
+    path = Path(csv_file)
+    if not path.is_file():
+        raise DataError(f"Clotho captions CSV not found: {path}")
+    if audio_dir is None:
+        split = path.stem.removeprefix("clotho_captions_")
+        audio_root = path.parent / split
+        if not audio_root.is_dir():
+            raise DataError(f"Clotho audio folder not found at {audio_root}; name it with audio_dir:")
+    else:
+        audio_root = Path(audio_dir)
+    out = Collector(f"clotho {path}")
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        reader = csv.DictReader(f)
+        columns = [c for c in (reader.fieldnames or []) if c.startswith("caption")]
+        if "file_name" not in (reader.fieldnames or []) or not columns:
+            raise DataError(f"{path}: expected a header with file_name and caption_1 .. caption_5, "
+                            f"got {reader.fieldnames}")
+        for n, row in enumerate(reader, 2):
+            where = f"{path}:{n}"
+            name = (row.get("file_name") or "").strip()
+            if not name:
+                out.skip("bad_row", where, "no file_name")
+                continue
+            out.add(id=name, audio=audio_root / name, captions=[row.get(c) or "" for c in columns], where=where)
+    return out.result()

@@ -1,0 +1,54 @@
+"""``tta-run synth sounds|birds`` and ``tta-run RECIPE prepare`` (docs/data.md)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ..cli import command, load_plugins, load_recipe, verb
+from ..errors import UsageError
+
+
+def _synth_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", choices=["sounds", "birds"], help="sounds: 8 simple sound kinds; birds: 5 bird species")
+    p.add_argument("--out", required=True, help="folder to write audio/ and manifest.jsonl into")
+    p.add_argument("--n", type=int, default=256, help="number of clips (default 256, balanced over labels)")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    p.add_argument("--duration", type=float, default=2.0, help="seconds per clip (default 2.0)")
+
+
+@command("synth", "write a synthetic captioned dataset (sounds or birds) with a jsonl manifest", _synth_args)
+def _synth(args: argparse.Namespace) -> int:
+    from ..synth import write_set
+
+    if args.n < 1 or args.duration <= 0:
+        raise UsageError(f"--n must be at least 1 and --duration positive, got {args.n} and {args.duration}")
+    manifest = write_set(args.kind, args.out, args.n, args.seed, args.duration)
+    print(f"wrote {args.n} {args.kind} clips ({args.duration:g} s, 16 kHz) and {manifest}")
+    print(f"use it in a recipe: data: {{train: {{type: jsonl, manifest: {manifest}}}}}")
+    return 0
+
+
+def _prepare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", help="run folder (default runs/<recipe name>/); the cache goes to RUN_DIR/cache/")
+    p.add_argument("--strict", action="store_true", help="fail (exit 1) when any item is bad, not only when none is usable")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="processes decoding audio (default: up to 4; 0 decodes in this process)")
+    p.add_argument("--no-cache", action="store_true", help="only check the data; build no mel cache")
+
+
+@verb("prepare", "check the recipe's datasets (report kept / skipped by reason) and build the mel cache", _prepare_args)
+def _prepare(args: argparse.Namespace) -> int:
+    import logging
+
+    from ..data.prepare import prepare
+
+    if not logging.getLogger("tta.data").handlers and not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
+    recipe = load_recipe(args)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / recipe.name
+    prepare(recipe, load_plugins(args).registry, run_dir, workers=max(0, args.workers),
+            strict=args.strict, cache=not args.no_cache)
+    return 0

@@ -16,7 +16,7 @@ def ddim(denoise, x, schedule, *, generator=None, callback=None):
 
 @hookimpl
 def tta_register(register):
-    register("sampler", "ddim", ddim)
+    register("sampler", "toy_ddim", ddim)
     register("vocoder", "lazy_voc", "collections:OrderedDict")
 """
 
@@ -38,14 +38,14 @@ from tta_core.plugin import hookimpl
 @hookimpl
 def tta_register(register):
     register("sampler", "heun", lambda denoise, x, schedule, generator=None, callback=None: x)
-    register("sampler", "ddim", lambda denoise, x, schedule, generator=None, callback=None: x)
+    register("sampler", "toy_ddim", lambda denoise, x, schedule, generator=None, callback=None: x)
 """
 
 
 def test_plugins_found_through_entry_points_with_provenance(fake_dists):
     fake_dists("tta-good", "1.2.3", {"good": GOOD})
     plugins = discovery.load_plugins()
-    entry = plugins.registry.get("sampler", "ddim")
+    entry = plugins.registry.get("sampler", "toy_ddim")
     assert entry.origin.plugin == "good"
     assert entry.origin.distribution == "tta-good"
     assert entry.origin.version == "1.2.3"
@@ -58,7 +58,7 @@ def test_broken_plugin_is_reported_and_others_keep_working(fake_dists, capsys):
     fake_dists("tta-good", "1.0", {"good": GOOD})
     fake_dists("tta-broken", "0.1", {"broken": BROKEN})
     plugins = discovery.load_plugins()
-    assert plugins.registry.has("sampler", "ddim")
+    assert plugins.registry.has("sampler", "toy_ddim")
     (broken,) = plugins.broken
     assert broken.name == "broken" and "RuntimeError: this plugin is broken on purpose" in broken.status
 
@@ -68,8 +68,8 @@ def test_broken_plugin_is_reported_and_others_keep_working(fake_dists, capsys):
     by_plugin = {r["plugin"]: r for r in rows}
     assert by_plugin["broken"]["status"].startswith("broken: ")
     assert by_plugin["broken"]["distribution"] == "tta-broken"
-    ddim = next(r for r in rows if r["name"] == "ddim")
-    assert ddim == {"kind": "sampler", "name": "ddim", "plugin": "good", "distribution": "tta-good",
+    ddim = next(r for r in rows if r["name"] == "toy_ddim")
+    assert ddim == {"kind": "sampler", "name": "toy_ddim", "plugin": "good", "distribution": "tta-good",
                     "version": "1.0", "status": "ok"}
 
 
@@ -90,9 +90,9 @@ def test_disable_switch_skips_plugins_by_name(fake_dists, monkeypatch):
     monkeypatch.setenv("TTA_DISABLE_PLUGINS", "broken, good")
     plugins = discovery.load_plugins()
     assert not plugins.broken
-    assert not plugins.registry.has("sampler", "ddim")
+    assert not plugins.registry.has("sampler", "toy_ddim")
     with pytest.raises(UnknownComponentError) as err:
-        plugins.registry.get("sampler", "ddim")
+        plugins.registry.get("sampler", "toy_ddim")
     assert "plugin 'good' (disabled by TTA_DISABLE_PLUGINS)" in str(err.value)
 
 
@@ -102,7 +102,7 @@ def test_autoload_off_loads_only_named_plugins(fake_dists, monkeypatch):
     monkeypatch.setenv("TTA_PLUGINS", "other")
     plugins = discovery.load_plugins()
     assert plugins.registry.has("sampler", "euler")
-    assert not plugins.registry.has("sampler", "ddim")
+    assert not plugins.registry.has("sampler", "toy_ddim")
 
 
 def test_duplicate_name_names_both_origins_and_registers_nothing_of_the_second(fake_dists):
@@ -110,9 +110,9 @@ def test_duplicate_name_names_both_origins_and_registers_nothing_of_the_second(f
     fake_dists("tta-dup", "2.0", {"zdup": DUPLICATE})
     plugins = discovery.load_plugins()
     (dup,) = plugins.broken
-    assert "sampler 'ddim' is registered twice" in dup.status
+    assert "sampler 'toy_ddim' is registered twice" in dup.status
     assert "plugin 'good' (tta-good 1.0)" in dup.status and "plugin 'zdup' (tta-dup 2.0)" in dup.status
-    assert plugins.registry.get("sampler", "ddim").origin.plugin == "good"
+    assert plugins.registry.get("sampler", "toy_ddim").origin.plugin == "good"
     assert not plugins.registry.has("sampler", "heun")  # all of a plugin's registrations, or none
     with pytest.raises(PluginError):
         discovery.load_plugins(strict=True)
@@ -134,11 +134,12 @@ def test_unknown_name_lists_the_registered_and_the_closest(fake_dists):
     fake_dists("tta-good", "1.0", {"good": GOOD, "other": OTHER})
     registry = discovery.load_plugins().registry
     with pytest.raises(UnknownComponentError) as err:
-        registry.get("sampler", "ddmi")
+        registry.get("sampler", "toy_ddmi")
     message = str(err.value)
-    assert "unknown sampler 'ddmi'" in message
-    assert "Did you mean 'ddim' (from plugin 'good' (tta-good 1.0))?" in message
-    assert "Registered: ddim, euler." in message
+    assert "unknown sampler 'toy_ddmi'" in message
+    assert "Did you mean 'toy_ddim' (from plugin 'good' (tta-good 1.0))?" in message
+    registered = message.split("Registered: ")[1].split(".")[0].split(", ")
+    assert {"toy_ddim", "euler"} <= set(registered) and registered == sorted(registered)
     assert err.value.exit_code == 2
 
 

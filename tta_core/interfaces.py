@@ -117,6 +117,8 @@ class Autoencoder(Protocol):
     ``encode(x) -> latent`` [B, C, ...]; ``decode(latent, **sampling) -> x`` in the same
     domain (a diffusion autoencoder decodes by sampling and takes ``steps``/``sampler``).
     ``latent_shape(n) -> tuple`` the latent shape, without batch, for n frames or samples.
+    Its decode covers at least n (padding up), or it raises ValueError for an n it cannot
+    take; sampling then rounds n up to the next length it takes and trims the audio.
     """
 
     domain: Literal["mel", "waveform"]
@@ -131,8 +133,10 @@ class Autoencoder(Protocol):
 @runtime_checkable
 class Denoiser(Protocol):
     """The raw network: ``forward(x_t [B, ...], t [B] float, cond: Conditioning) -> [B, ...]``
-    with the output shaped like ``x_t``. What the output means (noise, v, clean signal) is
-    the process's business, not the network's."""
+    with the output shaped like ``x_t``. ``t`` is the process's time input
+    (:meth:`Process.net_time`: the integer timestep 0..T-1 as a float for ``vp_discrete``,
+    s in [0, 1] for ``v_diffusion``). What the output means (noise, v, clean signal) is the
+    process's business, not the network's."""
 
     def __call__(self, x_t: "torch.Tensor", t: "torch.Tensor", cond: Conditioning) -> "torch.Tensor": ...
 
@@ -148,17 +152,62 @@ class Vocoder(Protocol):
 
 
 #: ``denoise(x [B, ...], alpha [B], sigma [B]) -> x0 estimate [B, ...]``: what samplers call.
+#: A process makes one from a network (:meth:`Process.denoiser`); classifier-free guidance
+#: wraps it (:func:`tta_core.diffusion.guided_denoiser`), so every sampler gets guidance.
 DenoiseFn = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
 @runtime_checkable
-class Sampler(Protocol):
-    """``sample(denoise, x_T, schedule, *, generator=None, callback=None) -> x_0``.
+class Process(Protocol):
+    """The noise schedule and parameterisation a denoiser is trained with (discrete VP
+    eps/v, continuous v-cosine, ...): it owns the maths, so training and sampling agree.
 
-    ``schedule`` is a [S+1, 2] tensor of (alpha, sigma) from most to least noisy, with
-    ``x_t = alpha * x_0 + sigma * eps``; the last row is the clean end (0 noise). A sampler
-    keeps any multistep memory in local variables: calling it twice gives the same result.
-    ``callback(step, total, x)`` reports progress.
+    Levels are (alpha, sigma) with ``x_t = alpha * x_0 + sigma * eps`` for every process.
+
+    ``schedule(steps) -> [S+1, 2]`` float32 (alpha, sigma), most to least noisy; the last
+        row is where sampling ends (usually (1, 0)).
+    ``net_time(alpha [B], sigma [B]) -> t [B]`` float: the network's time input for a level
+        (a discrete timestep index, a continuous time). Exact for the rows of the process's
+        own schedules; this is how a sampler that knows only (alpha, sigma) drives any
+        network, as k-diffusion's ``sigma_to_t``.
+    ``to_x0(output, x, alpha, sigma) -> x0``: a raw network output (noise, v, x0) to the
+        clean-signal estimate.
+    ``denoiser(net, cond) -> DenoiseFn``: ``to_x0(net(x, net_time(alpha, sigma), cond), ...)``.
+    ``training_pair(x0, *, generator=None)``: one fresh level and noise per item, with
+        ``.x_t``, ``.t`` (what the net sees), ``.target`` (what it should output),
+        ``.alpha``, ``.sigma``, ``.noise`` (``tta_core.diffusion.TrainingPair``).
+    ``loss(net, x0, cond, *, generator=None) -> scalar``: the training loss over a fresh
+        training pair (mean squared error for the built-in processes).
+    """
+
+    def schedule(self, steps: int) -> "torch.Tensor": ...
+
+    def net_time(self, alpha: "torch.Tensor", sigma: "torch.Tensor") -> "torch.Tensor": ...
+
+    def to_x0(self, output: "torch.Tensor", x: "torch.Tensor", alpha: "torch.Tensor",
+              sigma: "torch.Tensor") -> "torch.Tensor": ...
+
+    def denoiser(self, net: Denoiser, cond: Conditioning) -> DenoiseFn: ...
+
+    def training_pair(self, x0: "torch.Tensor", *, generator: "torch.Generator | None" = None) -> Any: ...
+
+    def loss(self, net: Denoiser, x0: "torch.Tensor", cond: Conditioning, *,
+             generator: "torch.Generator | None" = None) -> "torch.Tensor": ...
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """``sample(denoise, x_T, schedule, *, generator=None, callback=None) -> x``.
+
+    ``schedule`` is a process's [S+1, 2] tensor of (alpha, sigma) from most to least noisy,
+    with ``x_t = alpha * x_0 + sigma * eps``; ``x_T`` is at row 0 and the result at the last
+    row (the clean end (1, 0), or the small noise level a process ends at to match a
+    reference). A sampler knows nothing of the process beyond these numbers, calls
+    ``denoise`` (x0 estimate) once per step, and keeps any multistep memory in local
+    variables: calling it twice gives the same result. ``generator`` feeds the noise it
+    draws (``torch.randn(x.shape, generator=generator)`` on the generator's device);
+    ``callback(step, total, x)`` is called after each step, step counting from 0.
+    Options (DDIM's eta) are fields of the registered factory, not call arguments.
     """
 
     def __call__(self, denoise: DenoiseFn, x_T: "torch.Tensor", schedule: "torch.Tensor", *,

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import pluggy
 
-from .errors import TtaError, UsageError
-from .interfaces import Autoencoder, Conditioner, Conditioning, Denoiser, Sampler, Vocoder
+from .data.items import Collector, Item, ItemSet, resolve_path
+from .errors import DataError, TtaError, UsageError
+from .interfaces import Autoencoder, Conditioner, Conditioning, Denoiser, Process, Sampler, Vocoder
 from .recipe import Component, Ref
 from .registry import KINDS
 
@@ -25,6 +26,8 @@ hookimpl = pluggy.HookimplMarker("tta")
 
 __all__ = [
     "hookimpl", "KINDS", "TtaError", "UsageError",
-    "Conditioning", "Conditioner", "Autoencoder", "Denoiser", "Sampler", "Vocoder",
+    "Conditioning", "Conditioner", "Autoencoder", "Denoiser", "Process", "Sampler", "Vocoder",
     "Component", "Ref",
+    # for dataset readers: build an ItemSet row by row under the bad-row rules (docs/data.md)
+    "Collector", "Item", "ItemSet", "resolve_path", "DataError",
 ]

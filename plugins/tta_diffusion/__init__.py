@@ -1,0 +1,1 @@
+"""Built-in plugin: the diffusion processes and samplers of :mod:`tta_core.diffusion`."""

@@ -1,0 +1,178 @@
+"""``tta-run RECIPE sample``: text to audio files, spectrogram pictures and a manifest.
+
+A thin layer over :func:`tta_core.sampling.load_pipeline`; see docs/sampling.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from ..cli import load_plugins, load_recipe, verb
+from ..errors import UsageError
+
+#: --format -> (file extension, soundfile subtype)
+FORMATS = {"wav": ("wav", "PCM_16"), "flac": ("flac", "PCM_16"), "float": ("wav", "FLOAT")}
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    what = p.add_argument_group("what to generate")
+    what.add_argument("--text", action="append", default=[], metavar="PROMPT", help="a prompt (repeatable)")
+    what.add_argument("--prompts", metavar="FILE",
+                      help="a file with one prompt per line, or FILENAME<TAB>PROMPT to name the output")
+    what.add_argument("--negative", default=None, metavar="PROMPT",
+                      help="negative prompt: replaces the unconditional half of guidance")
+    what.add_argument("--n", type=int, default=1, help="outputs per prompt (default 1)")
+    what.add_argument("--duration", type=float, default=None, help="seconds (default: sample.duration or audio.duration)")
+    how = p.add_argument_group("how")
+    how.add_argument("--steps", type=int, default=None, help="sampling steps (default: sample.steps or 50)")
+    how.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = none)")
+    how.add_argument("--guidance-rescale", type=float, default=None, metavar="PHI",
+                     help="rescale the guided output's std toward the conditional one (0-1; 0.7 typical)")
+    how.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                     help="guide only at noise levels sigma in [LO, HI]")
+    how.add_argument("--sampler", default=None, help="sampler name (ddim, ddpm, vsampler, ...)")
+    how.add_argument("--seed", type=int, default=None, help="seed of the first batch; batch k uses seed + k")
+    how.add_argument("--batch-size", type=int, default=None, help="outputs per batch (default 8)")
+    where = p.add_argument_group("weights and output")
+    where.add_argument("--run-dir", default=None, help="the run directory (default runs/<recipe name>/)")
+    where.add_argument("--ckpt", default=None, metavar="DIR", help="a checkpoint folder to take weights from first")
+    where.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA copy")
+    where.add_argument("--out", default=None, metavar="DIR", help="output folder (default <run dir>/samples/)")
+    where.add_argument("--format", choices=list(FORMATS), default="wav",
+                       help="wav (16-bit, default), flac (16-bit) or float (32-bit float WAV)")
+    where.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cuda when available)")
+    where.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                       help="run the denoiser under autocast in this precision")
+    where.add_argument("--no-progress", action="store_true", help="no progress bar (there is none when stderr is not a terminal)")
+
+
+def read_prompts(path: str | Path) -> list[tuple[str | None, str]]:
+    """(name or None, prompt) per non-empty line of a prompt file."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read --prompts {path}: {exc}") from None
+    out = []
+    for line in lines:
+        if not line.strip():
+            continue
+        name, tab, prompt = line.partition("\t")
+        if tab:
+            out.append((Path(name.strip()).stem or None, prompt.strip()))
+        else:
+            out.append((None, line.strip()))
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:40] or "prompt"
+
+
+def _names(entries: list[tuple[str | None, str]], n: int) -> list[str]:
+    """A file stem per output, prompt-major (each prompt's n outputs in a row)."""
+    stems = []
+    for i, (name, prompt) in enumerate(entries):
+        base = name or f"{i:03d}_{_slug(prompt)}"
+        stems += [base if n == 1 else f"{base}_{j}" for j in range(n)]
+    return stems
+
+
+def save_spectrogram(path: Path, wave, sample_rate: int, audio, title: str) -> None:
+    """A PNG of the log-mel of ``wave`` [N] (the training mel, ``tta_core.data.mel``),
+    titled with the prompt."""
+    import dataclasses
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..data.mel import log_mel
+
+    if audio.sample_rate != sample_rate:  # a vocoder at another rate than the recipe's audio
+        audio = dataclasses.replace(audio, sample_rate=sample_rate)
+    mel = log_mel(wave.float()[None], audio)[0, 0].T  # [F, T]
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.imshow(mel.numpy(), origin="lower", aspect="auto", extent=(0, wave.numel() / sample_rate, 0, mel.shape[0]))
+    ax.set_title(title if len(title) <= 90 else title[:87] + "...", fontsize=9)
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("mel band")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _read_manifest(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by an interrupted write
+    return rows
+
+
+@verb("sample", "generate audio from text with the trained weights in the run dir", _args)
+def _sample(args: argparse.Namespace) -> int:
+    import soundfile
+
+    from ..checkpoint import atomic_write
+    from ..runs import default_run_dir
+    from ..sampling import load_pipeline
+
+    entries: list[tuple[str | None, str]] = [(None, t) for t in args.text]
+    if args.prompts:
+        entries += read_prompts(args.prompts)
+    if not entries:
+        raise UsageError("nothing to generate: give --text PROMPT (repeatable) or --prompts FILE")
+    if args.n < 1:
+        raise UsageError("--n must be at least 1")
+    recipe = load_recipe(args)
+    registry = load_plugins(args).registry
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe.name)
+    pipe = load_pipeline(recipe, run_dir=run_dir, ckpt=args.ckpt, device=args.device,
+                         precision=args.precision, ema=not args.no_ema, registry=registry)
+    out = Path(args.out) if args.out else run_dir / "samples"
+    ext, subtype = FORMATS[args.format]
+    stems = _names(entries, args.n)
+    st = pipe.settings(steps=args.steps, guidance=args.guidance, guidance_rescale=args.guidance_rescale,
+                       guidance_interval=args.guidance_interval, sampler=args.sampler, seed=args.seed,
+                       duration=args.duration, batch_size=args.batch_size, negative=args.negative)
+    manifest_path = out / "manifest.jsonl"
+    rows = _read_manifest(manifest_path)
+    batches = pipe.batches([prompt for _, prompt in entries], n=args.n, settings=st,
+                           progress=not args.no_progress and sys.stderr.isatty())
+    written = 0
+    for batch in batches:
+        out.mkdir(parents=True, exist_ok=True)
+        new = []
+        for b, (index, prompt, negative) in enumerate(zip(batch.indices, batch.prompts, batch.negatives)):
+            wave = batch.waves[b]
+            file = f"{stems[index]}.{ext}"
+            data = wave.clamp(-1, 1) if subtype == "PCM_16" else wave
+            soundfile.write(out / file, data.numpy(), pipe.sample_rate, subtype=subtype, format=ext.upper())
+            png = f"{stems[index]}.png"
+            save_spectrogram(out / png, wave, pipe.sample_rate, pipe.audio, prompt)
+            new.append({
+                "file": file, "spectrogram": png, "prompt": prompt, "negative": negative,
+                "seed": batch.seed, "batch_index": b, "steps": st.steps, "guidance": st.guidance.scale,
+                "guidance_rescale": st.guidance.rescale,
+                "guidance_interval": list(st.guidance.interval) if st.guidance.interval else None,
+                "sampler": st.sampler, "duration": st.duration, "sample_rate": pipe.sample_rate,
+                "checkpoint": pipe.checkpoint, "ema": not args.no_ema,
+                "weights": {name: w.describe() for name, w in pipe.weights.items()},
+                "recipe": recipe.name, "precision": args.precision,
+            })
+        files = {row["file"] for row in new}
+        rows = [row for row in rows if row.get("file") not in files] + new
+        atomic_write(manifest_path, "".join(json.dumps(row) + "\n" for row in rows))
+        written += len(new)
+    print(f"wrote {written} file(s) to {out} ({pipe.sample_rate} Hz, {st.duration:g} s, {st.steps} steps, "
+          f"{st.sampler['type']}, guidance {st.guidance.scale:g}); manifest: {manifest_path}")
+    return 0

@@ -1,0 +1,20 @@
+"""Diffusion maths shared by every model: processes, samplers and guidance.
+
+- :mod:`.processes`: ``VPDiscrete`` (diffusers' discrete DDPM schedules) and ``VDiffusion``
+  (audio-diffusion-pytorch's cos/sin v-diffusion): schedules, ``denoise``, training loss.
+- :mod:`.samplers`: ``sample_ddpm``, ``sample_ddim``, ``sample_v`` and their registry
+  factories ``DDPM``, ``DDIM``, ``VSampler``.
+- :mod:`.guidance`: classifier-free guidance around a process's denoise.
+
+The built-in plugin ``tta_diffusion`` registers them; this package names no model.
+"""
+
+from .guidance import Guidance, guided_denoiser, rescale_noise_cfg
+from .processes import TrainingPair, VDiffusion, VPDiscrete
+from .samplers import DDIM, DDPM, VSampler, sample_ddim, sample_ddpm, sample_v
+
+__all__ = [
+    "Guidance", "guided_denoiser", "rescale_noise_cfg",
+    "TrainingPair", "VDiffusion", "VPDiscrete",
+    "DDIM", "DDPM", "VSampler", "sample_ddim", "sample_ddpm", "sample_v",
+]

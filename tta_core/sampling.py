@@ -1,0 +1,465 @@
+"""The sample graph: text -> conditioner -> guided denoiser -> sampler -> decode -> waveform.
+
+From Python::
+
+    from tta_core.sampling import load_pipeline
+
+    pipe = load_pipeline("recipes/quickstart.yaml", run_dir="runs/quickstart", device="cpu")
+    waves, sample_rate = pipe.generate(["a dog barks"], steps=50, guidance=3.0, seed=0, n=2)
+
+``tta-run RECIPE sample`` (:mod:`tta_core.commands.sample`) is a thin layer over this.
+
+Roles come from the recipe's ``sample:`` section (``autoencoder``, ``conditioner``,
+``denoiser``, ``process``, ``vocoder`` name entries of ``components:``), else the unique
+component of that kind. The vocoder is needed only when the autoencoder's domain is ``mel``.
+
+Weights (the rule, also in docs/sampling.md): a component with parameters loads the latest
+checkpoint of the last stage in ``train:`` whose ``trains:`` lists it, from
+``<run dir>/<stage>/checkpoints/``: ``<name>.ema.safetensors`` when the stage kept an EMA
+(unless ``ema=False``), else ``<name>.safetensors``. ``ckpt=`` names one checkpoint folder
+to take weights from first. A component needs no checkpoint when it has no parameters
+(Griffin-Lim, a process) or when its recipe node sets ``pretrained:`` (its factory loads its
+own weights; a checkpoint, when one exists, still wins). Any other component without weights
+is an error that names the stage to train, so nothing is sampled from random weights.
+
+Cost: conditioning is computed once per batch; a step is one network call (both CFG halves
+in one batch) and a few tensor operations, with no host-device sync.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+
+from .checkpoint import Checkpoint, load_checkpoint, load_weights
+from .diffusion.guidance import Guidance, guided_denoiser
+from .errors import TtaError, UsageError
+from .interfaces import Conditioning
+from .recipe import Recipe, build, check, component_kind, load_recipe
+from .runs import RunDir, default_run_dir, weights_file
+from .yamlio import to_plain
+
+ROLES = ("conditioner", "denoiser", "process", "autoencoder", "vocoder")
+
+_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class MissingWeightsError(TtaError):
+    """A trainable component has no trained weights to sample with."""
+
+    exit_code = 1
+
+
+# -- the recipe's audio section ------------------------------------------------------------------
+
+
+def audio_config(recipe: Recipe) -> Any:
+    """The recipe's ``audio:`` section as the data layer's validated ``AudioConfig`` (the
+    value factories get as ``audio=``, as in training)."""
+    from .data.config import AudioConfig
+
+    return AudioConfig.from_mapping(to_plain(recipe.get("audio")))
+
+
+# -- roles and weights ---------------------------------------------------------------------------
+
+
+def resolve_roles(recipe: Recipe, registry: Any) -> dict[str, str]:
+    """Role -> component name: the ``sample:`` choice, else the only component of the kind."""
+    choice = recipe.get("sample") or {}
+    kinds = {name: component_kind(recipe, name, registry) for name in recipe.components}
+    roles, problems = {}, []
+    for role in ROLES:
+        if isinstance(choice.get(role), str):
+            roles[role] = choice[role]
+            continue
+        named = [n for n, k in kinds.items() if k == role]
+        if len(named) == 1:
+            roles[role] = named[0]
+        elif len(named) > 1:
+            problems.append(f"the recipe has several {role}s ({', '.join(named)}): "
+                            f"say which one samples with sample: {{{role}: NAME}}")
+        elif role != "vocoder":
+            problems.append(f"the recipe has no {role} in components: (sampling needs one)")
+    if problems:
+        raise UsageError("cannot build the sample graph: " + "; ".join(problems))
+    return roles
+
+
+def _has_params(component: Any) -> bool:
+    return isinstance(component, torch.nn.Module) and any(True for _ in component.parameters())
+
+
+def _stages_training(recipe: Recipe, name: str) -> list[str]:
+    return [s.get("name") for s in (recipe.get("train") or [])
+            if isinstance(s, Mapping) and name in (s.get("trains") or [])]
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    """Where a component's weights came from (for the manifest)."""
+
+    component: str
+    path: Path | None  # the .safetensors file, None for pretrained / parameter-free
+    ema: bool = False
+    source: str = "checkpoint"  # checkpoint | pretrained | none (no parameters)
+
+    def describe(self) -> str:
+        if self.path is None:
+            return self.source
+        return str(self.path)
+
+
+def _load_state(module: torch.nn.Module, state: dict, where: Path) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise TtaError(f"the weights in {where} do not fit the recipe's component: {exc}. "
+                       "Did the recipe change since training?") from None
+
+
+def load_weights_for(components: Mapping[str, Any], recipe: Recipe, run_dir: Path, *,
+                     ckpt: str | os.PathLike | None = None, ema: bool = True) -> dict[str, LoadedWeights]:
+    """Load trained weights into ``components`` (name -> built component) by the rule in
+    the module docstring; every component that lacks them is reported at once."""
+    run = RunDir(run_dir)
+    chosen: Checkpoint | None = load_checkpoint(ckpt) if ckpt is not None else None
+    loaded, missing = {}, []
+    for name, component in components.items():
+        if not _has_params(component):
+            loaded[name] = LoadedWeights(name, None, source="none")
+            continue
+        path, use_ema = None, False
+        if chosen is not None:
+            for e in ((True, False) if ema else (False,)):
+                if (chosen.path / weights_file(name, e)).exists():
+                    path, use_ema = chosen.path / weights_file(name, e), e
+                    break
+        stages = _stages_training(recipe, name)
+        if path is None:
+            found = run.find_weights(name, stages, prefer_ema=ema)
+            if found is not None:
+                path, use_ema = found.path, found.ema
+        if path is not None:
+            _load_state(component, load_weights(path), path)
+            loaded[name] = LoadedWeights(name, path, use_ema)
+        elif recipe.components[name].get("pretrained") not in (None, False):
+            loaded[name] = LoadedWeights(name, None, source="pretrained")
+        else:
+            ref = recipe.path
+            if stages:
+                missing.append(f"'{name}' has no trained weights in {run.checkpoints(stages[-1])}: "
+                               f"train it first with `tta-run {ref} train --stage {stages[-1]}`")
+            else:
+                missing.append(f"'{name}' has parameters but no stage of train: trains it and its "
+                               "node sets no pretrained:; add it to a stage's trains: and run "
+                               f"`tta-run {ref} train`")
+    if missing:
+        where = f" (run dir {run.root}" + (f", --ckpt {ckpt}" if ckpt else "") + ")"
+        raise MissingWeightsError("refusing to sample from untrained weights" + where + ":\n  "
+                                  + "\n  ".join(missing))
+    return loaded
+
+
+# -- the pipeline -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """Everything that decides a generation, resolved (see :meth:`Pipeline.settings`)."""
+
+    steps: int
+    guidance: Guidance
+    sampler: dict
+    seed: int
+    duration: float
+    batch_size: int
+    negative: str | Sequence[str] | None = None
+
+
+@dataclass
+class Batch:
+    """One generated batch: per item its prompt, negative, and index within the batch."""
+
+    prompts: list[str]
+    negatives: list[str]
+    seed: int
+    waves: torch.Tensor  # [B, N] float32 on the CPU
+    indices: list[int]  # position of each item in the flat list of requested outputs
+
+
+@dataclass
+class Pipeline:
+    """The built sample graph of a recipe, with its weights loaded; see :func:`load_pipeline`."""
+
+    recipe: Recipe
+    conditioner: Any
+    denoiser: Any
+    process: Any
+    autoencoder: Any
+    vocoder: Any
+    roles: dict[str, str]
+    audio: Any  # tta_core.data.config.AudioConfig
+    registry: Any = field(repr=False)
+    device: torch.device = torch.device("cpu")
+    precision: str = "fp32"
+    weights: dict[str, LoadedWeights] = field(default_factory=dict)
+
+    # -- settings ---------------------------------------------------------------------------
+    @property
+    def defaults(self) -> Mapping[str, Any]:
+        return to_plain(self.recipe.get("sample") or {})
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.vocoder.sample_rate) if self.autoencoder.domain == "mel" else self.audio.sample_rate
+
+    @property
+    def checkpoint(self) -> str | None:
+        """The checkpoint folder the denoiser's weights came from."""
+        w = self.weights.get(self.roles["denoiser"])
+        return str(w.path.parent) if w is not None and w.path is not None else None
+
+    def sampler_node(self, spec: str | Mapping | None = None) -> dict:
+        """The sampler's ``{type: ...}`` node: ``spec`` as a name (keeping the recipe's
+        options when it names the recipe's sampler) or a node, else the recipe's (ddim)."""
+        node = dict(self.defaults.get("sampler") or {"type": "ddim"})
+        if isinstance(spec, str):
+            node = node if node.get("type") == spec else {"type": spec}
+        elif spec is not None:
+            node = dict(spec)
+        if not self.registry.has("sampler", node.get("type")):
+            raise UsageError(self.registry.unknown_message("sampler", str(node.get("type"))))
+        return node
+
+    def settings(self, *, steps: int | None = None, guidance: float | None = None,
+                 guidance_rescale: float | None = None, guidance_interval: Sequence[float] | None = None,
+                 sampler: str | Mapping | None = None, seed: int | None = None, duration: float | None = None,
+                 batch_size: int | None = None, negative: str | Sequence[str] | None = None) -> "SampleSettings":
+        """Options given here, else the recipe's ``sample:`` values, else the defaults
+        (50 steps, guidance 1, ddim, seed 0, the audio duration, batches of 8)."""
+        d = self.defaults
+
+        def pick(value: Any, key: str, default: Any) -> Any:
+            return value if value is not None else d.get(key, default)
+
+        try:
+            guide = Guidance(scale=float(pick(guidance, "guidance", 1.0)),
+                             rescale=float(pick(guidance_rescale, "guidance_rescale", 0.0)),
+                             interval=_interval(pick(guidance_interval, "guidance_interval", None)))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        out = SampleSettings(
+            steps=int(pick(steps, "steps", 50)),
+            guidance=guide,
+            sampler=self.sampler_node(sampler),
+            seed=int(pick(seed, "seed", 0)),
+            duration=float(pick(duration, "duration", self.audio.duration)),
+            batch_size=int(pick(batch_size, "batch_size", 8)),
+            negative=pick(negative, "negative", None),
+        )
+        if out.steps < 1 or out.batch_size < 1 or out.duration <= 0:
+            raise UsageError("steps and batch_size must be at least 1, and duration positive")
+        return out
+
+    def length_for(self, duration: float) -> int:
+        """Mel frames (or samples) for ``duration`` seconds, rounded up to a length the
+        autoencoder takes (``latent_shape`` raises ValueError for others)."""
+        if self.autoencoder.domain == "mel":
+            n = math.ceil(duration * self.vocoder.sample_rate / self.vocoder.hop_length - 1e-9)
+        else:
+            n = math.ceil(duration * self.audio.sample_rate - 1e-9)
+        for m in range(max(n, 1), max(n, 1) + 4096):
+            try:
+                self.autoencoder.latent_shape(m)
+                return m
+            except ValueError:
+                continue
+        raise TtaError(f"the autoencoder takes no length between {n} and {n + 4095} (latent_shape raised for all)")
+
+    # -- generation -------------------------------------------------------------------------
+    def generate(self, texts: Sequence[str] | str, **options: Any) -> tuple[torch.Tensor, int]:
+        """Waveforms [len(texts) * n, N] (each prompt's n outputs in a row) and the rate.
+
+        Options as :meth:`batches`: n, progress, and those of :meth:`settings`
+        (steps, guidance, guidance_rescale, guidance_interval, sampler, seed, duration,
+        batch_size, negative).
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise UsageError("generate() needs at least one prompt")
+        batches = list(self.batches(texts, **options))
+        return torch.cat([b.waves for b in batches]), self.sample_rate
+
+    def batches(self, texts: Sequence[str], *, n: int = 1, progress: bool = False,
+                settings: "SampleSettings | None" = None, **options: Any) -> Iterator[Batch]:
+        """Generate ``n`` outputs per prompt, ``batch_size`` at a time; batch k draws its
+        latent noise (and its sampler's noise) from ``torch.Generator("cpu").manual_seed(seed + k)``.
+
+        Options (or one ``settings``): steps, guidance, guidance_rescale, guidance_interval,
+        sampler, seed, duration, batch_size, negative: a prompt (or one per text) whose
+        conditioning replaces the unconditional half of guidance ("" or None:
+        ``conditioner.null``).
+        """
+        st = settings if settings is not None else self.settings(**options)
+        if n < 1:
+            raise UsageError("n must be at least 1")
+        negatives = _per_text(st.negative, len(texts))
+        try:
+            sample = build(st.sampler, "sampler", self.registry)
+            schedule = self.process.schedule(st.steps)
+        except ValueError as exc:  # an option out of range (eta 2, more steps than T)
+            raise UsageError(str(exc)) from None
+        length = self.length_for(st.duration)
+        samples = int(round(st.duration * self.sample_rate))
+        items = [(i, j) for i in range(len(texts)) for j in range(n)]
+        total = math.ceil(len(items) / st.batch_size)
+        for k, start in enumerate(range(0, len(items), st.batch_size)):
+            chunk = items[start:start + st.batch_size]
+            prompts = [texts[i] for i, _ in chunk]
+            negs = [negatives[i] for i, _ in chunk]
+            waves = self._batch(prompts, negs, st.seed + k, sample, schedule, st.guidance, length, samples,
+                                progress=progress, label=f"batch {k + 1}/{total}")
+            yield Batch(prompts, negs, st.seed + k, waves, list(range(start, start + len(chunk))))
+
+    @torch.no_grad()
+    def _batch(self, prompts: list[str], negatives: list[str], seed: int, sample: Any, schedule: torch.Tensor,
+               guide: Guidance, length: int, samples: int, *, progress: bool, label: str) -> torch.Tensor:
+        device, batch = self.device, len(prompts)
+        cond = self.conditioner.encode_text(prompts).to(device)
+        uncond = self._uncond(negatives).to(device) if guide.active else None
+        denoise = guided_denoiser(self.process, self._net(), cond, uncond, guide)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        shape = (batch, *self.autoencoder.latent_shape(length))
+        x_T = torch.randn(shape, generator=generator).to(device)  # as diffusers' prepare_latents
+        bar = _progress(progress, schedule.shape[0] - 1, label)
+        try:
+            latent = sample(denoise, x_T, schedule, generator=generator,
+                            callback=(lambda i, total, x: bar.update(1)) if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        decode_kwargs = {"generator": generator} if _takes(self.autoencoder.decode, "generator") else {}
+        decoded = self.autoencoder.decode(latent, **decode_kwargs)
+        wave = self.vocoder(decoded) if self.autoencoder.domain == "mel" else decoded
+        wave = wave.reshape(batch, -1).float().cpu()
+        if wave.shape[1] < samples:
+            raise TtaError(f"the decoder gave {wave.shape[1]} samples for a {samples}-sample request: "
+                           f"its latent_shape({length}) does not match what decode returns")
+        return wave[:, :samples]
+
+    def _uncond(self, negatives: list[str]) -> Conditioning:
+        if not any(negatives):
+            return self.conditioner.null(len(negatives))
+        if all(negatives):
+            return self.conditioner.encode_text(negatives)
+        parts = [self.conditioner.encode_text([neg]) if neg else self.conditioner.null(1) for neg in negatives]
+        return Conditioning.cat(parts)
+
+    def _net(self) -> Any:
+        dtype = _PRECISIONS[self.precision]
+        if dtype is None:
+            return self.denoiser
+        net, device_type = self.denoiser, self.device.type
+
+        def autocast_net(x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+            with torch.autocast(device_type, dtype=dtype):
+                return net(x, t, cond).float()
+        return autocast_net
+
+
+def _interval(value: Any) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    lo, hi = (float(v) for v in value)
+    return (lo, hi)
+
+
+def _per_text(value: str | Sequence[str] | None, count: int) -> list[str]:
+    if value is None or isinstance(value, str):
+        return [value or ""] * count
+    value = [v or "" for v in value]
+    if len(value) != count:
+        raise UsageError(f"got {len(value)} negative prompts for {count} prompts")
+    return value
+
+
+def _takes(fn: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _progress(enabled: bool, total: int, label: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=label, unit="step", file=sys.stderr, leave=False)
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available here (use --device cpu)")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {device!r}: {exc}") from None
+
+
+def load_pipeline(recipe: str | os.PathLike | Recipe, *, run_dir: str | os.PathLike | None = None,
+                  ckpt: str | os.PathLike | None = None, device: str | None = None, precision: str = "fp32",
+                  ema: bool = True, overrides: Sequence[str] = (), registry: Any = None) -> Pipeline:
+    """Build a recipe's sample graph and load its trained weights.
+
+    ``run_dir`` defaults to ``runs/<recipe name>``; ``ckpt`` is one checkpoint folder to
+    take weights from first; ``ema=False`` loads the raw weights instead of the EMA copy;
+    ``precision`` (fp32, bf16, fp16) runs the denoiser under autocast.
+    """
+    if registry is None:
+        from .discovery import get_plugins
+
+        registry = get_plugins().registry
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    check(recipe, registry)
+    if precision not in _PRECISIONS:
+        raise UsageError(f"precision is one of {', '.join(_PRECISIONS)}, got {precision!r}")
+    roles = resolve_roles(recipe, registry)
+    audio = audio_config(recipe)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # components built the same way every time (then weights load)
+        built = {role: build(recipe.components[name], component_kind(recipe, name, registry), registry, audio=audio)
+                 for role, name in roles.items()}
+    autoencoder = built["autoencoder"]
+    if getattr(autoencoder, "domain", None) not in ("mel", "waveform"):
+        raise TtaError(f"autoencoder '{roles['autoencoder']}' has domain {getattr(autoencoder, 'domain', None)!r}; "
+                       "expected 'mel' or 'waveform'")
+    if autoencoder.domain == "mel" and "vocoder" not in built:
+        raise UsageError(f"autoencoder '{roles['autoencoder']}' decodes to mel, and the recipe has no vocoder "
+                         "in components: to turn mel into audio")
+    if autoencoder.domain == "waveform":
+        built.pop("vocoder", None)
+        roles.pop("vocoder", None)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe.name)
+    named = {roles[role]: c for role, c in built.items()}
+    weights = load_weights_for(named, recipe, run_dir, ckpt=ckpt, ema=ema)
+    dev = pick_device(device)
+    for component in built.values():
+        if isinstance(component, torch.nn.Module):
+            component.to(dev).eval().requires_grad_(False)
+    return Pipeline(recipe=recipe, conditioner=built["conditioner"], denoiser=built["denoiser"],
+                    process=built["process"], autoencoder=autoencoder, vocoder=built.get("vocoder"),
+                    roles=roles, audio=audio, registry=registry, device=dev, precision=precision,
+                    weights=weights)

@@ -232,6 +232,14 @@ def test_frozen_component_without_weights_names_the_stage_to_train(tmp_path, fak
     assert f"train --stage fit" in capsys.readouterr().err
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_processes_match_one_with_the_same_total_batch(toy, tmp_path):
     """torchrun with 2 CPU processes (gloo): ranks end identical, and with the randomness
     switched off they end where one process with the same total batch ends."""
@@ -255,7 +263,7 @@ def test_two_processes_match_one_with_the_same_total_batch(toy, tmp_path):
     '''))
     env = {**os.environ, "PYTHONPATH": site, "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).parent / "torchrun"
-    out = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", str(script),
+    out = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(_free_port()), str(script),
                           str(tmp_path / "two")], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], capture_output=True, text=True,
@@ -273,7 +281,7 @@ def test_two_processes_match_one_with_the_same_total_batch(toy, tmp_path):
     assert len(losses(tmp_path / "two")) == 8
 
     # the CLI under torchrun runs the same stage
-    cli = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29518", "-m", "tta_core.cli",
+    cli = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "tta_core.cli",
                           str(toy), "train", "--run-dir", str(tmp_path / "cli"), "--device", "cpu",
                           "--set", "components.net.dropout=0.0", "--set", "train.fit.objective.noise=0.0"],
                          capture_output=True, text=True, timeout=300, env=env)

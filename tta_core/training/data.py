@@ -53,7 +53,8 @@ class StreamBatchSampler:
 class EpochView(torch.utils.data.Dataset):
     """Decodes :class:`StreamBatchSampler` indices: item ``i`` of the dataset in ``epoch``.
 
-    Datasets whose ``__getitem__`` can use the epoch expose ``item(i, epoch)``.
+    Datasets whose items depend on the epoch (a caption drawn per epoch) expose
+    ``set_epoch(epoch)``; each worker holds its own copy, so setting it per item is safe.
     """
 
     def __init__(self, dataset: Any):
@@ -65,6 +66,6 @@ class EpochView(torch.utils.data.Dataset):
 
     def __getitem__(self, code: int) -> Any:
         epoch, i = divmod(int(code), self.n)
-        if hasattr(self.dataset, "item"):
-            return self.dataset.item(i, epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
         return self.dataset[i]

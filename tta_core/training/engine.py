@@ -95,7 +95,11 @@ class Trainer:
         self.seed = stage.seed if seed is None else seed
         self.fresh, self.init_from, self.allow_partial = fresh, init_from or stage.init_from, allow_partial
         self.progress = progress
-        self.audio = audio if audio is not None else recipe.get("audio")
+        if audio is None:
+            from ..data.config import AudioConfig
+
+            audio = AudioConfig.from_mapping(recipe.get("audio"))
+        self.audio = audio
         self._stop_signal: int | None = None
 
     # -- set-up -----------------------------------------------------------------------------
@@ -258,7 +262,14 @@ class Trainer:
                 losses_sum: dict[str, float] = {}
                 skipped = False
                 for micro in range(stage.grad_accum):
-                    batch = _to_device(next(batches), device)
+                    batch, empty = next(batches), 0
+                    while batch is None:  # every file of this micro-batch was bad (logged by the data layer)
+                        empty += 1
+                        if empty > max(10, 2 * len(dataset) // max(1, stage.batch_size)):
+                            raise TtaError(f"stage '{stage.name}': no usable training items (every file read was "
+                                           "bad); run `tta-run RECIPE prepare` for the report")
+                        batch = next(batches)
+                    batch = _to_device(batch, device)
                     seed = _mix(self.seed, step, micro, acc.process_index)
                     torch.manual_seed(seed)
                     gen = torch.Generator(device=device).manual_seed(seed)

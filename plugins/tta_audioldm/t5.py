@@ -1,0 +1,126 @@
+"""``t5``: a T5 encoder as text conditioner (AudioLDM 2 / Amphion use FLAN-T5 / T5-base).
+
+Either ``pretrained:`` a hub id or a local folder (transformers' layout; read from the local
+cache, honouring HF_HUB_OFFLINE), kept frozen unless a stage lists it in ``trains``; or
+``config:`` a small T5 trained from scratch with a byte-level tokenizer (ByT5's: bytes + 3,
+pad 0, eos 1) that needs no vocabulary file.
+
+Conditioning: tokens [B, L, d_model] (padding masked), mask [B, L], and pooled [B, d_model],
+the masked mean of the tokens, for denoisers that also take a vector. ``null(B)`` is the
+encoding of the empty prompt, which caption dropout trains the model to treat as "no text".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping
+
+import torch
+
+from tta_core.errors import TtaError
+from tta_core.interfaces import Conditioning
+
+log = logging.getLogger("tta.text")
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens, ByT5's ids: 0 pad, 1 eos, 2 unk, byte b -> b + 3."""
+
+    vocab_size = 259
+    pad_id, eos_id = 0, 1
+
+    def __call__(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        rows, truncated = [], 0
+        for text in texts:
+            ids = [b + 3 for b in text.encode("utf-8")]
+            if len(ids) > max_length - 1:
+                ids, truncated = ids[: max_length - 1], truncated + 1
+            rows.append(ids + [self.eos_id])
+        length = max(len(r) for r in rows)
+        ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+        return ids, ids != self.pad_id, truncated
+
+
+def check_tokenizer(tokenizer: Any, source: str, minimum: int = 100) -> None:
+    """Offline, transformers can hand back a tokenizer with almost no vocabulary instead of
+    failing; text embedded with it is garbage. Refuse it, naming what is missing."""
+    size = len(tokenizer) if hasattr(tokenizer, "__len__") else getattr(tokenizer, "vocab_size", 0)
+    if size < minimum:
+        expected = "tokenizer.json, or spiece.model / vocab.json + merges.txt, with tokenizer_config.json"
+        present = sorted(os.listdir(source)) if os.path.isdir(source) else "not a local folder (hub id, offline?)"
+        raise TtaError(
+            f"the tokenizer loaded from {source} has only {size} tokens: its vocabulary files are missing "
+            f"(expected {expected}; found: {present}). Download the model once with network access, or "
+            "point pretrained: at a complete local copy."
+        )
+
+
+class T5Conditioner(torch.nn.Module):
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        max_length: int = 128,
+    ):
+        super().__init__()
+        if (pretrained is None) == (config is None):
+            raise ValueError("t5: give exactly one of pretrained: (hub id or folder) or config: (a new small T5)")
+        from transformers import T5Config, T5EncoderModel
+
+        self.max_length = max_length
+        if pretrained is not None:
+            from transformers import AutoTokenizer
+
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(pretrained)
+                self.encoder = T5EncoderModel.from_pretrained(pretrained)
+            except OSError as exc:
+                raise TtaError(f"t5: cannot load '{pretrained}' ({exc}). Offline, point pretrained: at a "
+                               "local folder with config.json, the weights and the tokenizer files.") from None
+            check_tokenizer(self.tokenizer, pretrained)
+            self.bytes = None
+        else:
+            cfg = dict(config)
+            d_model = int(cfg.pop("d_model", 256))
+            heads = int(cfg.pop("num_heads", 4))
+            self.encoder = T5EncoderModel(T5Config(
+                vocab_size=ByteTokenizer.vocab_size, d_model=d_model, num_heads=heads,
+                d_kv=int(cfg.pop("d_kv", d_model // heads)), d_ff=int(cfg.pop("d_ff", 4 * d_model)),
+                num_layers=int(cfg.pop("num_layers", cfg.pop("layers", 2))),
+                dropout_rate=float(cfg.pop("dropout", 0.0)), pad_token_id=0, eos_token_id=1,
+                decoder_start_token_id=0,
+            ))
+            if cfg:
+                raise ValueError(f"t5 config: unknown keys {sorted(cfg)}; known: d_model, num_heads, d_kv, d_ff, "
+                                 "num_layers, dropout")
+            self.bytes = ByteTokenizer()
+        self.width = self.encoder.config.d_model
+        self._warned = False
+
+    def _tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.bytes is not None:
+            ids, mask, truncated = self.bytes(texts, self.max_length)
+        else:
+            full = self.tokenizer(texts, padding=True, return_tensors="pt")
+            truncated = int((full.attention_mask.sum(1) > self.max_length).sum())
+            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            ids, mask = enc.input_ids, enc.attention_mask.bool()
+        if truncated and not self._warned:
+            log.warning("t5: %d prompt(s) longer than max_length=%d tokens were truncated", truncated, self.max_length)
+            self._warned = True
+        return ids, mask
+
+    def encode_text(self, texts: list[str]) -> Conditioning:
+        device = next(self.encoder.parameters()).device
+        ids, mask = self._tokenize(list(texts))
+        ids, mask = ids.to(device), mask.to(device)
+        tokens = self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        tokens = tokens * mask[..., None]
+        pooled = tokens.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        return Conditioning(tokens=tokens, mask=mask, pooled=pooled)
+
+    def null(self, batch: int) -> Conditioning:
+        return self.encode_text([""] * batch)

@@ -1,0 +1,88 @@
+"""``unet2d``: the AudioLDM denoiser, on diffusers' UNet2DConditionModel.
+
+Conditioning (tta_core.interfaces.Conditioning):
+- ``tokens`` [B, L, D] via cross-attention (T5, CLIP): set ``cross_attention_dim: D``;
+- ``pooled`` [B, D'] via the timestep embedding (CLAP's FiLM in AudioLDM 1, or a pooled T5
+  vector): set ``pooled_dim: D'``; AudioLDM concatenates it to the time embedding
+  (``pooled_concat: true``), or it is added;
+- both at once.
+Latents whose height or width is not a multiple of 2 ** (levels - 1) are padded and the
+output cropped back.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from tta_core.interfaces import Conditioning
+
+
+class UNet2D(torch.nn.Module):
+    def __init__(
+        self,
+        in_channels: int = 8,
+        channels: Sequence[int] = (128, 256, 384, 640),
+        layers_per_block: int = 2,
+        attention_levels: Sequence[bool] | None = None,
+        cross_attention_dim: int | None = None,
+        pooled_dim: int | None = None,
+        pooled_concat: bool = False,
+        head_dim: int = 32,  # channels per attention head
+        norm_groups: int = 32,
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        from diffusers import UNet2DConditionModel
+
+        channels = tuple(channels)
+        if cross_attention_dim is None and pooled_dim is None:
+            raise ValueError("unet2d needs cross_attention_dim (token conditioning), pooled_dim (pooled), or both")
+        attention = tuple(attention_levels) if attention_levels is not None else (True,) * len(channels)
+        if len(attention) != len(channels):
+            raise ValueError(f"unet2d: attention_levels has {len(attention)} entries for {len(channels)} levels")
+        cross = cross_attention_dim is not None
+        down = tuple(("CrossAttnDownBlock2D" if cross else "AttnDownBlock2D") if a else "DownBlock2D" for a in attention)
+        up = tuple(("CrossAttnUpBlock2D" if cross else "AttnUpBlock2D") if a else "UpBlock2D" for a in reversed(attention))
+        self.unet = UNet2DConditionModel(
+            in_channels=in_channels, out_channels=in_channels,
+            down_block_types=down, up_block_types=up,
+            mid_block_type="UNetMidBlock2DCrossAttn" if cross else "UNetMidBlock2D",
+            block_out_channels=channels, layers_per_block=layers_per_block,
+            cross_attention_dim=cross_attention_dim or channels[-1],
+            # diffusers' attention_head_dim is the number of heads (a historical misnomer)
+            attention_head_dim=[max(1, c // head_dim) for c in channels],
+            norm_num_groups=norm_groups,
+            class_embed_type="simple_projection" if pooled_dim else None,
+            projection_class_embeddings_input_dim=pooled_dim,
+            class_embeddings_concat=pooled_concat,
+        )
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self.cross_attention_dim, self.pooled_dim = cross_attention_dim, pooled_dim
+        self.multiple = 2 ** (len(channels) - 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        ph, pw = -h % self.multiple, -w % self.multiple
+        if ph or pw:
+            x = torch.nn.functional.pad(x, (0, pw, 0, ph))
+        kwargs = {}
+        if self.cross_attention_dim is not None:
+            if cond.tokens is None or cond.tokens.shape[-1] != self.cross_attention_dim:
+                got = None if cond.tokens is None else cond.tokens.shape[-1]
+                raise ValueError(f"unet2d expects {self.cross_attention_dim}-wide token conditioning, got {got}: "
+                                 "set cross_attention_dim to the conditioner's width")
+            kwargs["encoder_hidden_states"] = cond.tokens
+            if cond.mask is not None:
+                kwargs["encoder_attention_mask"] = cond.mask
+        else:
+            kwargs["encoder_hidden_states"] = None
+        if self.pooled_dim is not None:
+            if cond.pooled is None or cond.pooled.shape[-1] != self.pooled_dim:
+                got = None if cond.pooled is None else cond.pooled.shape[-1]
+                raise ValueError(f"unet2d expects a {self.pooled_dim}-wide pooled vector, got {got}")
+            kwargs["class_labels"] = cond.pooled
+        out = self.unet(x, t, **kwargs).sample
+        return out[..., :h, :w]

@@ -1,0 +1,79 @@
+"""``kl_vae``: the AudioLDM / Amphion mel autoencoder, on diffusers' AutoencoderKL.
+
+log-mel [B, 1, T, F] -> latent [B, C, T / r, F / r] with r = 2 ** (len(channels) - 1).
+The latent is scaled by ``scale_factor`` (AudioLDM's scale-by-std: 1 / std of the latents,
+estimated from data while the VAE trains), a buffer saved with the weights, so a latent
+diffusion model sees unit-variance latents whatever VAE it sits on.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+class KLVAE(torch.nn.Module):
+    domain = "mel"
+
+    def __init__(
+        self,
+        latent_channels: int = 8,
+        channels: Sequence[int] = (128, 256, 512),
+        layers_per_block: int = 2,
+        norm_groups: int = 32,
+        mid_attention: bool = True,
+        scale_factor: float = 1.0,
+        audio=None,
+    ):
+        super().__init__()
+        from diffusers import AutoencoderKL
+
+        channels = tuple(channels)
+        if any(c % norm_groups for c in channels):
+            raise ValueError(f"kl_vae: every channel count must be a multiple of norm_groups={norm_groups}, got {channels}")
+        self.vae = AutoencoderKL(
+            in_channels=1, out_channels=1, latent_channels=latent_channels,
+            down_block_types=("DownEncoderBlock2D",) * len(channels),
+            up_block_types=("UpDecoderBlock2D",) * len(channels),
+            block_out_channels=channels, layers_per_block=layers_per_block,
+            norm_num_groups=norm_groups, mid_block_add_attention=mid_attention,
+        )
+        self.latent_channels = latent_channels
+        self.ratio = 2 ** (len(channels) - 1)
+        self.n_mels = audio.mel.n_mels if audio is not None else 64
+        if self.n_mels % self.ratio:
+            raise ValueError(f"kl_vae: {self.n_mels} mel bins do not divide by the compression {self.ratio}")
+        self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
+
+    def latent_shape(self, n: int) -> tuple[int, ...]:
+        """Latent shape for ``n`` mel frames; frames are padded up to a multiple of r."""
+        return (self.latent_channels, -(-n // self.ratio), self.n_mels // self.ratio)
+
+    def _pad(self, mel: torch.Tensor) -> torch.Tensor:
+        extra = -mel.shape[-2] % self.ratio
+        # pad with the log floor, the value silence takes, not zeros (which are loud)
+        return torch.nn.functional.pad(mel, (0, 0, 0, extra), value=float(mel.min())) if extra else mel
+
+    def posterior(self, mel: torch.Tensor):
+        """diffusers' DiagonalGaussianDistribution of the unscaled latent."""
+        return self.vae.encode(self._pad(mel)).latent_dist
+
+    def encode(self, mel: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled latent: the posterior mean (or a sample, for training a diffusion model)."""
+        dist = self.posterior(mel)
+        z = dist.sample(generator) if sample else dist.mode()
+        return z * self.scale_factor
+
+    def decode(self, latent: torch.Tensor, **_: object) -> torch.Tensor:
+        return self.vae.decode(latent / self.scale_factor).sample
+
+    def forward(self, mel: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None):
+        """Reconstruction and posterior, for training: (recon [B,1,T',F], posterior)."""
+        dist = self.posterior(mel)
+        z = dist.sample(generator) if sample else dist.mode()
+        return self.vae.decode(z).sample, dist
+
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's output weight, where the adaptive GAN weight is measured."""
+        return self.vae.decoder.conv_out.weight

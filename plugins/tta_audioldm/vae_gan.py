@@ -1,0 +1,133 @@
+"""``vae_gan``: trains the mel KL-VAE as AudioLDM and Amphion do (taming's LPIPSWithDiscriminator
+without the image-only LPIPS term):
+
+    generator:      L1(x, x̂) / exp(logvar) + logvar         (learned log-variance)
+                    + kl_weight * KL(q(z|x) || N(0, I))
+                    + disc_factor * λ * -D(x̂)                (after disc_start)
+    discriminator:  disc_factor * hinge(D(x), D(x̂))          (after disc_start)
+
+λ balances the adversarial gradient against the reconstruction gradient at the decoder's
+last layer (adaptive weight), clamped to [0, 1e4] and scaled by ``disc_weight``. Sums over
+pixels are divided by the batch size, as in AudioLDM, so ``kl_weight`` keeps its meaning.
+
+While training it also tracks 1 / std of the latents (AudioLDM's scale-by-std) in the VAE's
+``scale_factor`` buffer, which is saved with the weights. The latents' spread grows as the
+VAE learns, so the estimate follows recent batches (``scale_momentum``, 0.9: about the last
+ten steps), and the value at the end of the stage fits the VAE as it ends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class PatchDiscriminator(torch.nn.Module):
+    """pix2pix's PatchGAN (NLayerDiscriminator) on one-channel mels."""
+
+    def __init__(self, channels: int = 64, layers: int = 3):
+        super().__init__()
+        mods: list[torch.nn.Module] = [torch.nn.Conv2d(1, channels, 4, 2, 1), torch.nn.LeakyReLU(0.2, True)]
+        width = channels
+        for i in range(1, layers + 1):
+            prev, width = width, channels * min(2 ** i, 8)
+            stride = 2 if i < layers else 1
+            mods += [torch.nn.Conv2d(prev, width, 4, stride, 1, bias=False), torch.nn.GroupNorm(1, width),
+                     torch.nn.LeakyReLU(0.2, True)]
+        mods.append(torch.nn.Conv2d(width, 1, 4, 1, 1))
+        self.net = torch.nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class VAEGAN:
+    def __init__(
+        self,
+        kl_weight: float = 1e-6,
+        disc_start: int = 50001,
+        disc_weight: float = 0.5,
+        disc_factor: float = 1.0,
+        disc_channels: int = 64,
+        disc_layers: int = 3,
+        logvar_init: float = 0.0,
+        scale_momentum: float = 0.9,
+    ):
+        self.kl_weight, self.disc_start = kl_weight, disc_start
+        self.disc_weight, self.disc_factor = disc_weight, disc_factor
+        self.scale_momentum = scale_momentum
+        self.discriminator = PatchDiscriminator(disc_channels, disc_layers)
+        # the learned log-variance of the reconstruction likelihood, trained with the VAE
+        self.logvar = torch.nn.Module()
+        self.logvar.value = torch.nn.Parameter(torch.tensor(float(logvar_init)))
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"discriminator": self.discriminator, "vae_logvar": self.logvar}
+
+    def setup(self, ctx) -> None:
+        self.ctx = ctx
+        self.vae_name = ctx.roles.get("autoencoder")
+        if self.vae_name not in ctx.trains:
+            raise ValueError("vae_gan trains the autoencoder: list it in the stage's trains")
+        self.vae = ctx.components[self.vae_name]
+        self.bare = ctx.unwrap(self.vae_name)
+        self.disc = ctx.components["discriminator"]
+        self.logvar_mod = ctx.components["vae_logvar"]
+
+    def train_dataset(self, ctx) -> Any:
+        from tta_core.training.datasets import training_dataset
+
+        return training_dataset(ctx, mel=True)
+
+    def collate(self, items):
+        from tta_core.data.dataset import collate
+
+        return collate(items)
+
+    def parameter_groups(self, ctx) -> dict[str, list]:
+        return {"generator": list(self.bare.parameters()) + list(self.logvar.parameters()),
+                "discriminator": list(self.discriminator.parameters())}
+
+    def _adaptive_weight(self, nll: torch.Tensor, g_loss: torch.Tensor) -> torch.Tensor:
+        last = self.bare.last_layer()
+        nll_grad = torch.autograd.grad(nll, last, retain_graph=True)[0]
+        g_grad = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+        weight = nll_grad.norm() / (g_grad.norm() + 1e-4)
+        return torch.clamp(weight, 0.0, 1e4).detach() * self.disc_weight
+
+    def losses(self, batch: dict, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        x = batch["mel"]
+        recon, posterior = self.vae(x, sample=True, generator=generator)
+        recon = recon[..., : x.shape[-2], :]
+        b = x.shape[0]
+        rec = torch.abs(x - recon)
+        logvar = self.logvar_mod.value
+        nll = (rec / torch.exp(logvar) + logvar).sum() / b
+        kl = posterior.kl().sum() / b
+        loss = nll + self.kl_weight * kl
+        out = {"log/rec_l1": rec.mean().detach(), "log/kl": kl.detach(), "log/logvar": logvar.detach()}
+        self._track_scale(posterior)
+        adversarial = step >= self.disc_start and self.disc_factor > 0
+        if adversarial:
+            g_loss = -self.disc(recon).mean()
+            weight = self._adaptive_weight(nll, g_loss) if torch.is_grad_enabled() else torch.tensor(0.0)
+            loss = loss + self.disc_factor * weight * g_loss
+            real, fake = self.disc(x.detach()), self.disc(recon.detach())
+            d_loss = self.disc_factor * 0.5 * (torch.relu(1 - real).mean() + torch.relu(1 + fake).mean())
+            out.update({"discriminator": d_loss, "log/g_adv": g_loss.detach(), "log/d_weight": weight})
+        out["generator"] = loss
+        return out
+
+    @torch.no_grad()
+    def _track_scale(self, posterior) -> None:
+        std = posterior.sample().float().std()
+        if not torch.isfinite(std) or std <= 0:
+            return
+        target = 1.0 / std
+        buf = self.bare.scale_factor
+        if not getattr(self, "_scale_seen", False) and float(buf) == 1.0:
+            buf.copy_(target)
+        else:
+            buf.mul_(self.scale_momentum).add_((1 - self.scale_momentum) * target)
+        self._scale_seen = True

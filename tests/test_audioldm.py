@@ -1,0 +1,203 @@
+"""The AudioLDM family plugin: conformance, loading weights from disk, the VAE-GAN objective,
+and the quickstart recipe end to end on a tiny synthetic set."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tta_core.cli import main
+from tta_core.checkpoint import latest_checkpoint
+from tta_core.data.config import AudioConfig
+from tta_core.errors import TtaError
+from tta_core.interfaces import Conditioning
+from tta_core.testing.conformance import check_autoencoder, check_conditioner, check_denoiser, check_vocoder
+
+from tta_audioldm.t5 import T5Conditioner
+from tta_audioldm.unet import UNet2D
+from tta_audioldm.vae import KLVAE
+from tta_audioldm.vocoders import GriffinLim, HiFiGAN
+
+REPO = Path(__file__).resolve().parents[1]
+AUDIO = AudioConfig(duration=0.64)
+
+
+def tiny_vae():
+    return KLVAE(latent_channels=4, channels=(8, 16), layers_per_block=1, norm_groups=4, mid_attention=False, audio=AUDIO)
+
+
+def test_kl_vae_conforms_and_pads_odd_lengths():
+    torch.manual_seed(0)
+    vae = tiny_vae()
+    check_autoencoder(vae, torch.randn(2, 1, 64, 64))
+    z = vae.encode(torch.randn(1, 1, 63, 64))
+    assert z.shape == (1, *vae.latent_shape(63)) == (1, 4, 32, 32)
+
+
+@pytest.mark.parametrize("height", [16, 13])
+def test_unet2d_conforms_with_tokens_and_pooled(height):
+    torch.manual_seed(0)
+    unet = UNet2D(in_channels=4, channels=(16, 32), layers_per_block=1, cross_attention_dim=8, pooled_dim=8,
+                  norm_groups=8, head_dim=8)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[0, 3:] = False
+    cond = Conditioning(tokens=torch.randn(3, 5, 8), mask=mask, pooled=torch.randn(3, 8))
+    check_denoiser(unet, torch.randn(3, 4, height, 8), cond)
+
+
+def test_unet2d_pooled_only_and_clear_width_errors():
+    torch.manual_seed(0)
+    unet = UNet2D(in_channels=4, channels=(16, 32), layers_per_block=1, pooled_dim=8, norm_groups=8, head_dim=8,
+                  attention_levels=[False, True])
+    check_denoiser(unet, torch.randn(2, 4, 8, 8), Conditioning(pooled=torch.randn(2, 8)))
+    with pytest.raises(ValueError, match="expects a 8-wide pooled vector, got 6"):
+        unet(torch.randn(2, 4, 8, 8), torch.ones(2), Conditioning(pooled=torch.randn(2, 6)))
+
+
+def test_t5_from_config_masks_and_truncates(caplog):
+    torch.manual_seed(0)
+    t5 = T5Conditioner(config={"d_model": 16, "num_layers": 1, "num_heads": 2}, max_length=8)
+    check_conditioner(t5)
+    out = t5.encode_text(["hi", "a much longer prompt than eight bytes"])
+    assert out.tokens.shape == (2, 8, 16) and out.mask[0].tolist() == [True] * 3 + [False] * 5
+    assert torch.equal(out.tokens[0, 3:], torch.zeros(5, 16))  # padding carries nothing
+    assert "truncated" in caplog.text
+
+
+def _word_tokenizer(folder: Path, words: int):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{f"w{i}": i + 3 for i in range(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    fast.save_pretrained(folder)
+
+
+def _tiny_t5(folder: Path):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    model = T5EncoderModel(T5Config(vocab_size=200, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2))
+    model.save_pretrained(folder)
+    return model
+
+
+def test_t5_pretrained_from_a_local_folder(tmp_path):
+    model = _tiny_t5(tmp_path / "t5")
+    _word_tokenizer(tmp_path / "t5", words=150)
+    t5 = T5Conditioner(pretrained=str(tmp_path / "t5")).eval()
+    out = t5.encode_text(["w1 w2 w3", "w4"])
+    ids = torch.tensor([[4, 5, 6], [7, 0, 0]])
+    expected = model.eval()(input_ids=ids, attention_mask=(ids != 0).long()).last_hidden_state
+    assert torch.allclose(out.tokens[0], expected[0], atol=1e-5)
+    assert out.mask.tolist() == [[True] * 3, [True, False, False]]
+
+
+def test_a_degenerate_tokenizer_is_refused_with_what_is_missing(tmp_path):
+    _tiny_t5(tmp_path / "t5")
+    _word_tokenizer(tmp_path / "t5", words=2)
+    with pytest.raises(TtaError, match="has only 5 tokens: its vocabulary files are missing"):
+        T5Conditioner(pretrained=str(tmp_path / "t5"))
+
+
+def test_griffin_lim_inverts_the_recipes_mel():
+    from tta_core.data.mel import log_mel
+
+    t = torch.arange(AUDIO.num_samples) / 16000
+    wave = 0.5 * torch.sin(2 * torch.pi * 440 * t)[None]
+    mel = log_mel(wave, AUDIO)
+    gl = GriffinLim(audio=AUDIO)
+    check_vocoder(gl, mel)
+    again = log_mel(gl(mel), AUDIO)
+    silence = log_mel(1e-4 * torch.randn_like(wave), AUDIO)
+    assert (again - mel).abs().mean() < 0.3 * (silence - mel).abs().mean()
+
+
+def test_hifigan_loads_weights_saved_in_transformers_format(tmp_path):
+    torch.manual_seed(0)
+    small = {"upsample_initial_channel": 64}
+    fresh = HiFiGAN(config=small).eval()
+    fresh.net.save_pretrained(tmp_path / "vocoder")
+    loaded = HiFiGAN(pretrained=str(tmp_path / "vocoder"), audio=AudioConfig()).eval()
+    mel = torch.randn(2, 1, 10, 64)
+    check_vocoder(loaded, mel)
+    assert torch.equal(loaded(mel), fresh(mel))
+    with pytest.raises(TtaError, match="hifigan expects 64 mel bands"):
+        HiFiGAN(pretrained=str(tmp_path / "vocoder"), audio=AudioConfig.from_mapping({"mel": {"n_mels": 80}}))
+
+
+@pytest.fixture(scope="module")
+def sounds(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sounds")
+    assert main(["synth", "sounds", "--out", str(out), "--n", "48", "--seed", "3", "--duration", "1.0"]) == 0
+    return out / "manifest.jsonl"
+
+
+TINY = [
+    "audio.duration=0.64",
+    "components.vae.channels=[8,16]", "components.vae.norm_groups=4",
+    "components.text.config={d_model: 16, num_layers: 1, num_heads: 2, d_ff: 32}",
+    "components.unet.channels=[16,32]", "components.unet.attention_levels=[false,true]",
+    "components.unet.cross_attention_dim=16", "components.unet.pooled_dim=16", "components.unet.norm_groups=8",
+    "components.vocoder.n_iter=4",
+    "train.vae.batch_size=8", "train.ldm.batch_size=8", "train.vae.precision=fp32", "train.ldm.precision=fp32",
+]
+
+
+def run(args, sounds, tmp_path, *extra):
+    sets = [f"data.train.manifest={sounds}", *TINY, *extra]
+    return main(["recipes/quickstart.yaml" if not args else args[0], *args[1:],
+                 *[x for s in sets for x in ("--set", s)], "--run-dir", str(tmp_path / "run")])
+
+
+def _recon_error(vae_weights, sounds):
+    from tta_core.data.dataset import AudioTextDataset, collate
+    from tta_datasets.readers import jsonl
+
+    vae = tiny_vae()
+    if vae_weights is not None:
+        vae.load_state_dict(vae_weights)
+    batch = collate([AudioTextDataset(jsonl(str(sounds)), AUDIO, train=False)[i] for i in range(16)])
+    with torch.no_grad():
+        recon = vae.decode(vae.encode(batch["mel"]))
+    return (recon - batch["mel"]).abs().mean().item()
+
+
+def test_vae_gan_trains_a_vae_that_reconstructs_better(sounds, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert run(["recipes/quickstart.yaml", "train", "--stage", "vae", "--max-steps", "40", "--no-progress"],
+               sounds, tmp_path, "train.vae.optimizer.lr=0.005") == 0
+    trained = latest_checkpoint(tmp_path / "run/vae/checkpoints").weights("vae")
+    torch.manual_seed(0)
+    assert _recon_error(trained, sounds) < 0.7 * _recon_error(None, sounds)
+    assert float(trained["scale_factor"]) != 1.0  # scale-by-std was estimated from the data
+
+
+def test_vae_gan_steps_the_discriminator_only_after_disc_start(sounds, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    args = ["recipes/quickstart.yaml", "train", "--stage", "vae", "--max-steps", "2", "--no-progress"]
+    assert run(args, sounds, tmp_path / "late", "train.vae.objective.disc_start=100") == 0
+    assert run(args, sounds, tmp_path / "early", "train.vae.objective.disc_start=0") == 0
+    late = latest_checkpoint(tmp_path / "late/run/vae/checkpoints")
+    early = latest_checkpoint(tmp_path / "early/run/vae/checkpoints")
+    d_late, d_early = late.weights("discriminator"), early.weights("discriminator")
+    assert any(not torch.equal(d_late[k], d_early[k]) for k in d_late)
+    # before disc_start the discriminator is exactly as initialised: the same in both seeds' runs
+    assert run(args, sounds, tmp_path / "late2", "train.vae.objective.disc_start=100", "train.vae.max_steps=1") == 0
+    d_late1 = latest_checkpoint(tmp_path / "late2/run/vae/checkpoints").weights("discriminator")
+    assert all(torch.equal(d_late[k], d_late1[k]) for k in d_late)
+    assert set(late.tensors()["optimizers"]) == {"generator", "discriminator"}
+
+
+def test_quickstart_trains_one_step_per_stage_and_samples(sounds, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert run(["recipes/quickstart.yaml", "train", "--max-steps", "1", "--no-progress"], sounds, tmp_path) == 0
+    out = tmp_path / "out"
+    assert run(["recipes/quickstart.yaml", "sample", "--text", "a rising chirp", "--steps", "2", "--out", str(out),
+                "--no-progress"], sounds, tmp_path) == 0
+    row = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
+    assert row["prompt"] == "a rising chirp" and (out / row["file"]).exists() and (out / row["spectrogram"]).exists()

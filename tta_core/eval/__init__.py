@@ -1,0 +1,1 @@
+"""Evaluation: metrics and checks over generated audio."""

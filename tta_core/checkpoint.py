@@ -261,3 +261,24 @@ def clean_temporaries(root: str | os.PathLike) -> None:
         for p in root.iterdir():
             if p.name.startswith((".tmp-step-", ".old-step-")) and p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
+
+
+def load_state(module: Any, state: Mapping[str, Any], source: str, strict: bool = True) -> None:
+    """Load ``state`` into ``module``. Strict: any missing, unexpected or reshaped key is an
+    error listing them. Not strict: load what fits and print what did not."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    lines = [f"  missing: {k}" for k in missing] + [f"  unexpected: {k}" for k in unexpected]
+    lines += [f"  shape: {k}: model {tuple(own[k].shape)}, file {tuple(state[k].shape)}" for k in mismatched]
+    if strict and lines:
+        more = f"\n  ... and {len(lines) - 40} more" if len(lines) > 40 else ""
+        raise CheckpointError(f"weights in {source} do not fit {type(module).__name__}:\n" + "\n".join(lines[:40])
+                              + more + "\nDid the recipe change since these weights were written? "
+                              "(To load what fits when fine-tuning: --allow-partial.)")
+    if lines:
+        print(f"partial load from {source}: {len(missing)} missing, {len(unexpected)} unexpected, "
+              f"{len(mismatched)} with other shapes (kept from initialisation)")
+        print("\n".join(lines))
+    module.load_state_dict({k: v for k, v in state.items() if k in own and k not in mismatched}, strict=False)

@@ -19,7 +19,22 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import Any, Mapping
+
 from .checkpoint import Checkpoint, latest_checkpoint
+
+
+def has_params(component: Any) -> bool:
+    """Whether a component has weights to train and load (Griffin-Lim and processes do not)."""
+    import torch
+
+    return isinstance(component, torch.nn.Module) and any(True for _ in component.parameters())
+
+
+def stages_training(recipe: Any, name: str) -> list[str]:
+    """The stages of the recipe whose ``trains:`` lists component ``name``, in order."""
+    return [s.get("name") for s in (recipe.get("train") or [])
+            if isinstance(s, Mapping) and name in (s.get("trains") or [])]
 
 
 def default_run_dir(recipe_name: str) -> Path:

@@ -38,12 +38,12 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from .checkpoint import Checkpoint, load_checkpoint, load_weights
+from .checkpoint import Checkpoint, load_checkpoint, load_state, load_weights
 from .diffusion.guidance import Guidance, guided_denoiser
 from .errors import TtaError, UsageError
 from .interfaces import Conditioning
 from .recipe import Recipe, build, check, component_kind, load_recipe
-from .runs import RunDir, default_run_dir, weights_file
+from .runs import RunDir, default_run_dir, has_params, stages_training, weights_file
 from .yamlio import to_plain
 
 ROLES = ("conditioner", "denoiser", "process", "autoencoder", "vocoder")
@@ -71,8 +71,9 @@ def audio_config(recipe: Recipe) -> Any:
 # -- roles and weights ---------------------------------------------------------------------------
 
 
-def resolve_roles(recipe: Recipe, registry: Any) -> dict[str, str]:
-    """Role -> component name: the ``sample:`` choice, else the only component of the kind."""
+def resolve_roles(recipe: Recipe, registry: Any, strict: bool = True) -> dict[str, str]:
+    """Role -> component name: the ``sample:`` choice, else the only component of the kind.
+    Strict (sampling): a missing or ambiguous role is an error; else it is left out."""
     choice = recipe.get("sample") or {}
     kinds = {name: component_kind(recipe, name, registry) for name in recipe.components}
     roles, problems = {}, []
@@ -88,18 +89,9 @@ def resolve_roles(recipe: Recipe, registry: Any) -> dict[str, str]:
                             f"say which one samples with sample: {{{role}: NAME}}")
         elif role != "vocoder":
             problems.append(f"the recipe has no {role} in components: (sampling needs one)")
-    if problems:
+    if problems and strict:
         raise UsageError("cannot build the sample graph: " + "; ".join(problems))
     return roles
-
-
-def _has_params(component: Any) -> bool:
-    return isinstance(component, torch.nn.Module) and any(True for _ in component.parameters())
-
-
-def _stages_training(recipe: Recipe, name: str) -> list[str]:
-    return [s.get("name") for s in (recipe.get("train") or [])
-            if isinstance(s, Mapping) and name in (s.get("trains") or [])]
 
 
 @dataclass(frozen=True)
@@ -117,14 +109,6 @@ class LoadedWeights:
         return str(self.path)
 
 
-def _load_state(module: torch.nn.Module, state: dict, where: Path) -> None:
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise TtaError(f"the weights in {where} do not fit the recipe's component: {exc}. "
-                       "Did the recipe change since training?") from None
-
-
 def load_weights_for(components: Mapping[str, Any], recipe: Recipe, run_dir: Path, *,
                      ckpt: str | os.PathLike | None = None, ema: bool = True) -> dict[str, LoadedWeights]:
     """Load trained weights into ``components`` (name -> built component) by the rule in
@@ -133,7 +117,7 @@ def load_weights_for(components: Mapping[str, Any], recipe: Recipe, run_dir: Pat
     chosen: Checkpoint | None = load_checkpoint(ckpt) if ckpt is not None else None
     loaded, missing = {}, []
     for name, component in components.items():
-        if not _has_params(component):
+        if not has_params(component):
             loaded[name] = LoadedWeights(name, None, source="none")
             continue
         path, use_ema = None, False
@@ -142,13 +126,13 @@ def load_weights_for(components: Mapping[str, Any], recipe: Recipe, run_dir: Pat
                 if (chosen.path / weights_file(name, e)).exists():
                     path, use_ema = chosen.path / weights_file(name, e), e
                     break
-        stages = _stages_training(recipe, name)
+        stages = stages_training(recipe, name)
         if path is None:
             found = run.find_weights(name, stages, prefer_ema=ema)
             if found is not None:
                 path, use_ema = found.path, found.ema
         if path is not None:
-            _load_state(component, load_weights(path), path)
+            load_state(component, load_weights(path), str(path))
             loaded[name] = LoadedWeights(name, path, use_ema)
         elif recipe.components[name].get("pretrained") not in (None, False):
             loaded[name] = LoadedWeights(name, None, source="pretrained")

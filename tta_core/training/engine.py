@@ -23,10 +23,11 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import clean_temporaries, latest_checkpoint, list_checkpoints, load_weights, save_checkpoint
+from ..checkpoint import (clean_temporaries, latest_checkpoint, list_checkpoints, load_state, load_weights,
+                          save_checkpoint)
 from ..errors import CheckpointError, TtaError, UsageError
-from ..recipe import MODEL_KINDS, Recipe, build, component_kind
-from ..runs import RunDir, weights_file
+from ..recipe import Recipe, build, component_kind
+from ..runs import RunDir, has_params, stages_training, weights_file
 from ..yamlio import dump_yaml
 from .data import EpochView, StreamBatchSampler
 from .stage import StageConfig
@@ -61,10 +62,6 @@ def _mix(*values: int) -> int:
     for v in values:
         h = (h * 6364136223846793005 + int(v) + 1442695040888963407) % (2**63)
     return h
-
-
-def _has_params(module: Any) -> bool:
-    return isinstance(module, torch.nn.Module) and any(True for _ in module.parameters())
 
 
 class Trainer:
@@ -120,27 +117,22 @@ class Trainer:
         for name, node in self.recipe.components.items():
             kinds[name] = component_kind(self.recipe, name, self.registry)
             components[name] = build(node, kinds[name], self.registry, audio=self.audio)
-        roles = {}
-        choice = self.recipe.get("sample") or {}
-        for kind in MODEL_KINDS:
-            named = [n for n, k in kinds.items() if k == kind]
-            if isinstance(choice.get(kind), str):
-                roles[kind] = choice[kind]
-            elif len(named) == 1:
-                roles[kind] = named[0]
+        from ..sampling import resolve_roles
+
+        roles = resolve_roles(self.recipe, self.registry, strict=False)
         return components, roles
 
     def _load_from_earlier(self, components: dict[str, Any]) -> None:
         earlier = self._earlier_stages()
         for name, module in components.items():
-            if not _has_params(module):
+            if not has_params(module):
                 continue
             found = self.run.find_weights(name, earlier, prefer_ema=name not in self.stage.trains)
             if found is not None:
-                _load_state(module, found.load(), str(found.path), strict=True)
+                load_state(module, found.load(), str(found.path), strict=True)
                 log.info("%s: weights from stage '%s' (%s)", name, found.stage, "EMA" if found.ema else "raw")
             elif name in self.stage.frozen and "pretrained" not in self.recipe.components[name]:
-                stages = [s for s in earlier if name in _stage_trains(self.recipe, s)]
+                stages = [s for s in earlier if s in stages_training(self.recipe, name)]
                 hint = (f"train it first: tta-run {self.recipe.path} train --stage {stages[-1]}"
                         if stages else "no earlier stage trains it; give it pretrained weights")
                 raise UsageError(f"stage '{self.stage.name}' keeps '{name}' frozen, but no trained weights "
@@ -153,7 +145,7 @@ class Trainer:
             if source is None:
                 raise UsageError(f"--init-from {path}: no weights for '{name}' there "
                                  f"(looked for {weights_file(name)} in a checkpoint or run folder)")
-            _load_state(components[name], load_weights(source), str(source), strict=not self.allow_partial)
+            load_state(components[name], load_weights(source), str(source), strict=not self.allow_partial)
 
     # -- the run ----------------------------------------------------------------------------
     def run_stage(self) -> TrainResult:
@@ -194,7 +186,7 @@ class Trainer:
             raise UsageError(f"objective modules {clash} have the names of recipe components; rename one")
         for module in extra.values():
             module.to(device).train()
-        trained = {n: components[n] for n in stage.trains if _has_params(components[n])} | extra
+        trained = {n: components[n] for n in stage.trains if has_params(components[n])} | extra
 
         start = 0
         nonfinite_total = 0
@@ -225,7 +217,7 @@ class Trainer:
             from ema_pytorch import EMA
 
             for name in stage.trains:
-                if _has_params(components[name]):
+                if has_params(components[name]):
                     emas[name] = EMA(components[name], beta=stage.ema.beta, update_after_step=stage.ema.update_after_step,
                                      update_every=stage.ema.update_every, power=stage.ema.power,
                                      include_online_model=False).to(device)
@@ -402,12 +394,12 @@ class Trainer:
         for name, module in trained.items():
             if not ckpt.has_weights(name):
                 raise CheckpointError(f"checkpoint {ckpt.path} has no weights for '{name}'; start over with --fresh")
-            _load_state(module, ckpt.weights(name), str(ckpt.path), strict=True)
+            load_state(module, ckpt.weights(name), str(ckpt.path), strict=True)
 
     def _restore_state(self, ckpt, emas, optimizers, schedulers) -> tuple[int, int]:
         for name, ema in emas.items():
             if ckpt.has_weights(f"{name}.ema"):
-                _load_state(ema.ema_model, ckpt.weights(f"{name}.ema"), str(ckpt.path), strict=True)
+                load_state(ema.ema_model, ckpt.weights(f"{name}.ema"), str(ckpt.path), strict=True)
         tensors = ckpt.tensors()
         for name, opt in optimizers.items():
             if name in tensors.get("optimizers", {}):
@@ -428,13 +420,6 @@ class Trainer:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _stage_trains(recipe: Recipe, stage_name: str) -> list[str]:
-    for stage in recipe.get("train") or []:
-        if stage.get("name") == stage_name:
-            return list(stage.get("trains") or [])
-    return []
-
-
 def _init_source(path: Path, name: str) -> Path | None:
     """Weights of ``name`` under --init-from: a .safetensors file, a checkpoint folder, a
     stage folder, or a run folder (any stage's latest checkpoint)."""
@@ -452,30 +437,6 @@ def _init_source(path: Path, name: str) -> Path | None:
             if ckpt and ckpt.has_weights(name):
                 return ckpt.path / weights_file(name)
     return None
-
-
-def _load_state(module: torch.nn.Module, state: dict, source: str, strict: bool) -> None:
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if strict and (missing or unexpected or mismatched):
-        lines = [f"weights in {source} do not fit {type(module).__name__}:"]
-        lines += [f"  missing: {k}" for k in missing[:20]] + [f"  unexpected: {k}" for k in unexpected[:20]]
-        lines += [f"  shape: {k}: model {tuple(own[k].shape)}, file {tuple(state[k].shape)}" for k in mismatched[:20]]
-        lines.append("Pass --allow-partial to load what fits.")
-        raise CheckpointError("\n".join(lines))
-    if missing or unexpected or mismatched:
-        print(f"partial load from {source}: {len(missing)} missing, {len(unexpected)} unexpected, "
-              f"{len(mismatched)} with other shapes (kept from initialisation)")
-        for k in missing:
-            print(f"  missing: {k}")
-        for k in unexpected:
-            print(f"  unexpected: {k}")
-        for k in mismatched:
-            print(f"  shape: {k}: model {tuple(own[k].shape)}, file {tuple(state[k].shape)}")
-    fitting = {k: v for k, v in state.items() if k in own and k not in mismatched}
-    module.load_state_dict(fitting, strict=False)
 
 
 def _make_optimizer(cfg, params):

@@ -195,7 +195,12 @@ def test_vae_gan_steps_the_discriminator_only_after_disc_start(sounds, tmp_path,
 
 def test_quickstart_trains_one_step_per_stage_and_samples(sounds, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    assert run(["recipes/quickstart.yaml", "train", "--max-steps", "1", "--no-progress"], sounds, tmp_path) == 0
+    assert run(["recipes/quickstart.yaml", "train", "--max-steps", "1", "--no-progress"], sounds, tmp_path,
+               "train.ldm.validate_every=1", "train.ldm.objective.validate_prompts=2",
+               "train.ldm.objective.validate_steps=2") == 0
+    # validation wrote clips and spectrograms of training captions into the run dir
+    val = tmp_path / "run/ldm/samples/step-00000001"
+    assert sorted(p.suffix for p in val.iterdir()) == [".png", ".png", ".txt", ".wav", ".wav"]
     out = tmp_path / "out"
     assert run(["recipes/quickstart.yaml", "sample", "--text", "a rising chirp", "--steps", "2", "--out", str(out),
                 "--no-progress"], sounds, tmp_path) == 0

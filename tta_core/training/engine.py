@@ -221,6 +221,7 @@ class Trainer:
                     emas[name] = EMA(components[name], beta=stage.ema.beta, update_after_step=stage.ema.update_after_step,
                                      update_every=stage.ema.update_every, power=stage.ema.power,
                                      include_online_model=False).to(device)
+        ctx.ema = {name: ema.ema_model for name, ema in emas.items()}
         if resume is not None:
             start, nonfinite_total = self._restore_state(resume, emas, optimizers, schedulers)
             if is_main:

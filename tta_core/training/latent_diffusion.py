@@ -39,12 +39,14 @@ def select(cond: Conditioning, other: Conditioning, take_other: torch.Tensor) ->
 
 
 class LatentDiffusion:
-    def __init__(self, cfg_dropout: float = 0.1, audio_conditioning: bool = False, sample_posterior: bool = True):
+    def __init__(self, cfg_dropout: float = 0.1, audio_conditioning: bool = False, sample_posterior: bool = True,
+                 validate_prompts: int = 4, validate_steps: int | None = None):
         if not 0 <= cfg_dropout < 1:
             raise UsageError(f"latent_diffusion: cfg_dropout must be in [0, 1), got {cfg_dropout}")
         self.cfg_dropout = cfg_dropout
         self.audio_conditioning = audio_conditioning
         self.sample_posterior = sample_posterior
+        self.validate_prompts, self.validate_steps = validate_prompts, validate_steps
 
     def setup(self, ctx: Any) -> None:
         self.ctx = ctx
@@ -105,6 +107,40 @@ class LatentDiffusion:
         cond = self._conditioning(batch, generator)
         loss = self.process.loss(self.denoiser, z, cond, generator=generator)
         return {"main": loss}
+
+
+    def validate(self, ctx: Any, out_dir: Any) -> dict:
+        """Generate a few clips from training captions with the current (EMA, when kept)
+        weights, and write each as WAV + spectrogram PNG into ``out_dir``."""
+        import soundfile
+
+        from ..commands.sample import save_spectrogram
+        from ..sampling import Pipeline
+        from .datasets import items_for
+
+        prompts = sorted({item.captions[0] for item in items_for(ctx)})
+        step = max(1, len(prompts) // max(1, self.validate_prompts))
+        prompts = prompts[::step][: self.validate_prompts]
+        use = {name: ctx.ema.get(name, ctx.unwrap(name)) for name in ctx.roles.values()}
+        modes = {name: m.training for name, m in use.items() if isinstance(m, torch.nn.Module)}
+        for name in modes:
+            use[name].eval()
+        try:
+            pipe = Pipeline(recipe=ctx.recipe, conditioner=use[ctx.roles["conditioner"]],
+                            denoiser=use[ctx.roles["denoiser"]], process=use[ctx.roles["process"]],
+                            autoencoder=use[ctx.roles["autoencoder"]],
+                            vocoder=use.get(ctx.roles.get("vocoder", ""), None), roles=dict(ctx.roles),
+                            audio=ctx.audio, registry=ctx.registry, device=ctx.device)
+            waves, rate = pipe.generate(prompts, steps=self.validate_steps, seed=0)
+        finally:
+            for name, mode in modes.items():
+                use[name].train(mode)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for i, (prompt, wave) in enumerate(zip(prompts, waves)):
+            soundfile.write(out_dir / f"{i:02d}.wav", wave.clamp(-1, 1).numpy(), rate, subtype="PCM_16")
+            save_spectrogram(out_dir / f"{i:02d}.png", wave, rate, ctx.audio, prompt)
+        (out_dir / "prompts.txt").write_text("".join(f"{i:02d}\t{p}\n" for i, p in enumerate(prompts)))
+        return {"clips": float(len(prompts))}
 
 
 def _params(fn: Any) -> set[str]:

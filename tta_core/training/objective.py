@@ -42,6 +42,7 @@ class StageContext:
     run_dir: Path
     registry: Any
     unwrapped: dict[str, Any] = field(default_factory=dict)
+    ema: dict[str, Any] = field(default_factory=dict)  # name -> EMA copy, for validation
     world_size: int = 1
     rank: int = 0
 

@@ -170,7 +170,12 @@ def _recon_error(vae_weights, sounds):
 def test_vae_gan_trains_a_vae_that_reconstructs_better(sounds, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     assert run(["recipes/quickstart.yaml", "train", "--stage", "vae", "--max-steps", "40", "--no-progress"],
-               sounds, tmp_path, "train.vae.optimizer.lr=0.005") == 0
+               sounds, tmp_path, "train.vae.optimizer.lr=0.005", "train.vae.validate_every=40") == 0
+    # validation wrote reconstructions and logged their mel L1
+    val = tmp_path / "run/vae/samples/step-00000040"
+    assert len(list(val.glob("*-reconstruction.wav"))) == 4 and len(list(val.glob("*.png"))) == 4
+    logged = [json.loads(l) for l in (tmp_path / "run/vae/logs/metrics.jsonl").read_text().splitlines()]
+    assert any("valid/mel_l1" in row for row in logged)
     trained = latest_checkpoint(tmp_path / "run/vae/checkpoints").weights("vae")
     torch.manual_seed(0)
     assert _recon_error(trained, sounds) < 0.7 * _recon_error(None, sounds)

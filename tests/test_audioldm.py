@@ -211,3 +211,16 @@ def test_quickstart_trains_one_step_per_stage_and_samples(sounds, tmp_path, monk
                 "--no-progress"], sounds, tmp_path) == 0
     row = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
     assert row["prompt"] == "a rising chirp" and (out / row["file"]).exists() and (out / row["spectrogram"]).exists()
+
+    # the adherence check generates per label from training captions and scores every clip
+    adh = tmp_path / "adh"
+    assert run(["recipes/quickstart.yaml", "eval", "--adherence", "--n-per-label", "1", "--steps", "2",
+                "--reference-per-label", "4", "--out", str(adh)], sounds, tmp_path) == 0
+    report = json.loads((adh / "eval.json").read_text())["adherence"]
+    assert report["n"] == 8 and set(report["per_label"]) == {
+        "low_hum", "high_beep", "rising_chirp", "falling_chirp", "noise", "ticking", "pluck", "buzz"}
+    assert report["reference_accuracy"] > 0.5  # the classifier knows real clips apart
+    assert len(list(adh.glob("*.wav"))) == 8 and len(list(adh.glob("*.png"))) == 8
+    # with a bar the untrained model cannot reach, the check fails
+    assert run(["recipes/quickstart.yaml", "eval", "--adherence", "--generated", str(adh), "--min-accuracy", "1.01",
+                "--reference-per-label", "4"], sounds, tmp_path) == 1

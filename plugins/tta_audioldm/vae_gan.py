@@ -155,13 +155,14 @@ class VAEGAN:
 
     @torch.no_grad()
     def _track_scale(self, posterior) -> None:
-        std = posterior.sample().float().std()
-        if not torch.isfinite(std) or std <= 0:
-            return
+        # the spread of posterior samples, in expectation: var(mean) + mean posterior variance;
+        # updated on the device, with no read-back per step
+        std = (posterior.mean.float().var() + posterior.var.float().mean()).sqrt()
         target = 1.0 / std
         buf = self.bare.scale_factor
         if not getattr(self, "_scale_seen", False) and float(buf) == 1.0:
-            buf.copy_(target)
+            new = target  # the first batch of a fresh VAE sets it outright
         else:
-            buf.mul_(self.scale_momentum).add_((1 - self.scale_momentum) * target)
+            new = self.scale_momentum * buf + (1 - self.scale_momentum) * target
+        buf.copy_(torch.where(torch.isfinite(target) & (std > 0), new, buf))
         self._scale_seen = True

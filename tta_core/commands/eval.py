@@ -33,14 +33,22 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None)
 
 
+def _features(waves, audio):
+    """Adherence features of fitted waves [N] (see tta_core.eval.adherence)."""
+    import torch
+
+    from ..data.mel import log_mel
+    from ..eval.adherence import features
+
+    return features(log_mel(torch.stack(waves).float(), audio))
+
+
 def _reference(recipe, registry, audio, per_label: int, seed: int):
     """Labelled clips of data.train: features of a window of the recipe's duration (from
     the start and from the end of each clip), their labels, and caption -> label."""
     import torch
 
-    from ..data.audio import BadAudio, load_clip
-    from ..data.mel import log_mel
-    from ..eval.adherence import features
+    from ..data.audio import BadAudio, fit, load_clip, max_offset_frames
     from ..recipe import build
 
     node = (recipe.get("data") or {}).get("train")
@@ -55,53 +63,43 @@ def _reference(recipe, registry, audio, per_label: int, seed: int):
     captions = {c: item.label for item in items for c in item.captions}
     g = torch.Generator().manual_seed(seed)
     waves, labels = [], []
-    n = audio.num_samples
     for label, group in sorted(by_label.items()):
         order = torch.randperm(len(group), generator=g).tolist()[:per_label]
         for i in order:
             try:
-                wave = torch.as_tensor(load_clip(group[i].audio, audio).wave)
+                wave = load_clip(group[i].audio, audio).wave
             except BadAudio:
                 continue
-            wave = torch.nn.functional.pad(wave, (0, max(0, n - wave.shape[0])))
-            for crop in {0, wave.shape[0] - n}:
-                waves.append(wave[crop:crop + n])
+            for offset in {0, max_offset_frames(wave.shape[0], audio)}:  # the start and the end
+                waves.append(fit(wave, audio, offset))
                 labels.append(label)
-    feats = features(log_mel(torch.stack(waves).float(), audio))
-    return feats, labels, captions, by_label
+    return _features(waves, audio), labels, captions, by_label
 
 
 def _generated(folder: Path, captions: dict[str, str], audio):
-    import torch
-
-    from ..data.audio import BadAudio, load_clip
-    from ..data.mel import log_mel
-    from ..eval.adherence import features
+    from ..data.audio import BadAudio, fit, load_clip
 
     manifest = folder / "manifest.jsonl"
     if not manifest.exists():
         raise UsageError(f"{folder} has no manifest.jsonl (write the clips with `tta-run RECIPE sample --out {folder}`)")
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     waves, labels, problems = [], [], []
-    n = audio.num_samples
     for row in rows:
         label = row.get("label") or captions.get(row.get("prompt", ""))
         if label is None:
             problems.append(f"{row.get('file')}: prompt {row.get('prompt')!r} names no label of the training set")
             continue
         try:
-            wave = torch.as_tensor(load_clip(folder / row["file"], audio).wave)
+            waves.append(fit(load_clip(folder / row["file"], audio).wave, audio))
         except (BadAudio, KeyError) as exc:
             problems.append(f"{row.get('file')}: unreadable ({exc})")
             continue
-        wave = torch.nn.functional.pad(wave, (0, max(0, n - wave.shape[0])))[:n]
-        waves.append(wave)
         labels.append(label)
     if problems and len(problems) > 0.1 * max(1, len(rows)):
         raise TtaError(f"{len(problems)} of {len(rows)} generated clips cannot be scored:\n  " + "\n  ".join(problems[:10]))
     if not waves:
         raise TtaError(f"no generated clip to score in {folder}")
-    return features(log_mel(torch.stack(waves).float(), audio)), labels, problems
+    return _features(waves, audio), labels, problems
 
 
 @verb("eval", "evaluate generated audio (--adherence: prompt adherence on a labelled set)", _args)

@@ -252,7 +252,7 @@ class Trainer:
         previous = _install_signal_handlers(self)
         try:
             while step < self.max_steps:
-                losses_sum: dict[str, float] = {}
+                losses_sum: dict[str, torch.Tensor] = {}  # on the device: read back only to log
                 skipped = False
                 for micro in range(stage.grad_accum):
                     batch, empty = next(batches), 0
@@ -287,7 +287,7 @@ class Trainer:
                             acc.backward(opt_losses[name] / stage.grad_accum,
                                          retain_graph=i < len(names) - 1, **kwargs)
                     for key, value in out.items():
-                        losses_sum[key] = losses_sum.get(key, 0.0) + float(value.detach()) / stage.grad_accum
+                        losses_sum[key] = losses_sum.get(key, 0.0) + value.detach().float() / stage.grad_accum
                     samples += stage.batch_size
                 if skipped:
                     for opt in prepared_opts.values():
@@ -324,10 +324,13 @@ class Trainer:
                 step += 1
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in losses_sum.items() if not k.startswith("log/")}, refresh=False)
                 if step % stage.log_every == 0 or step == self.max_steps:
+                    values = {k: float(v) for k, v in losses_sum.items()}
+                    if bar is not None:
+                        bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if not k.startswith("log/")},
+                                        refresh=False)
                     elapsed = max(time.perf_counter() - t0, 1e-9)
-                    logger.write(step, {**losses_sum, "lr": schedulers[stepped[0]].get_last_lr()[0] if stepped else 0.0,
+                    logger.write(step, {**values, "lr": schedulers[stepped[0]].get_last_lr()[0] if stepped else 0.0,
                                         "steps_per_s": (step - start) / elapsed, "samples_per_s": samples / elapsed,
                                         "nonfinite_skipped": nonfinite_total})
                 stop = self._stop_requested(acc)

@@ -224,3 +224,84 @@ def test_quickstart_trains_one_step_per_stage_and_samples(sounds, tmp_path, monk
     # with a bar the untrained model cannot reach, the check fails
     assert run(["recipes/quickstart.yaml", "eval", "--adherence", "--generated", str(adh), "--min-accuracy", "1.01",
                 "--reference-per-label", "4"], sounds, tmp_path) == 1
+
+
+def test_cached_latents_and_captions_train_as_encoding_every_step(tmp_path, monkeypatch, caplog):
+    import logging
+    import shutil
+
+    monkeypatch.chdir(REPO)
+    # clips as long as the window: one crop, the same in both paths
+    assert main(["synth", "sounds", "--out", str(tmp_path / "data"), "--n", "16", "--seed", "1",
+                 "--duration", "0.64"]) == 0
+    sounds = tmp_path / "data/manifest.jsonl"
+    _tiny_t5(tmp_path / "t5")
+    _word_tokenizer(tmp_path / "t5", words=150)
+    frozen_text = [f"components.text={{type: t5, pretrained: {tmp_path / 't5'}, max_length: 16}}",
+                   "train.ldm.trains=[unet]", "train.ldm.frozen=[vae, text]", "train.ldm.log_every=1"]
+    assert run(["recipes/quickstart.yaml", "train", "--stage", "vae", "--max-steps", "1", "--no-progress"],
+               sounds, tmp_path / "base") == 0
+    ldm = ["recipes/quickstart.yaml", "train", "--stage", "ldm", "--max-steps", "3", "--no-progress"]
+    for cache in ("false", "true"):
+        shutil.copytree(tmp_path / "base/run", tmp_path / cache / "run")
+        assert run(ldm, sounds, tmp_path / cache, *frozen_text, f"train.ldm.objective.cache={cache}") == 0
+
+    def losses(which):
+        rows = [json.loads(line) for line in (tmp_path / which / "run/ldm/logs/metrics.jsonl").read_text().splitlines()]
+        return [row["main"] for row in rows if "main" in row]
+
+    assert len(losses("true")) == 3
+    assert losses("true") == pytest.approx(losses("false"), rel=1e-4)
+    cached, fresh = (latest_checkpoint(tmp_path / w / "run/ldm/checkpoints").weights("unet") for w in ("true", "false"))
+    assert all(torch.allclose(cached[k], fresh[k], atol=1e-5) for k in cached)
+    caches = sorted(p.name.split("-")[0] for p in (tmp_path / "true/run/cache").iterdir())
+    assert caches == ["latent", "text"] and not (tmp_path / "false/run/cache").exists()
+
+    # resuming reads the caches the first run filled
+    caplog.set_level(logging.INFO, logger="tta.train")
+    assert run(ldm[:-3] + ["--max-steps", "4", "--no-progress"], sounds, tmp_path / "true", *frozen_text) == 0
+    assert "0 encoded, 16 reused" in caplog.text and len(losses("true")) == 4
+
+
+def test_latent_cache_crops_on_the_latent_grid_and_a_changed_vae_gets_a_new_cache(sounds, tmp_path):
+    from tta_core.data.cache import latent_cache
+    from tta_core.data.mel import clip_mel
+    from tta_core.data.audio import load_clip
+    from tta_core.training.caching import (CachedLatentDataset, collate, component_digest, fill_latent_cache,
+                                           latent_stride)
+    from tta_datasets.readers import jsonl
+
+    items = jsonl(str(sounds))[:4]  # 1 s clips, 0.64 s windows
+    torch.manual_seed(0)
+    vae = tiny_vae().eval()
+    node = {"type": "kl_vae", "channels": [8, 16]}
+    name = component_digest(node, vae)
+    cache = latent_cache(tmp_path, AUDIO, name)
+    assert fill_latent_cache(cache, vae, items, AUDIO, device="cpu") == {"encoded": 4, "reused": 0, "bad": 0}
+    assert fill_latent_cache(cache, vae, items, AUDIO, device="cpu") == {"encoded": 0, "reused": 4, "bad": 0}
+
+    stride = latent_stride(vae, AUDIO)
+    window = vae.latent_shape(AUDIO.num_frames)[1]
+    assert stride == 2 and window == 32
+    data = CachedLatentDataset(items, AUDIO, cache, stride=stride, domain="mel", window=window, seed=0)
+    with torch.no_grad():
+        mean, std = vae.encode_moments(clip_mel(load_clip(items[0].audio, AUDIO).wave, AUDIO)[None, None])
+    offsets = set()
+    for epoch in range(12):
+        data.set_epoch(epoch)
+        example = data[0]
+        assert example["latent"].shape == (4, window, 32)
+        match = [o for o in range(mean.shape[2] - window + 1)
+                 if torch.allclose(example["latent"], mean[0, :, o:o + window], atol=1e-5)]
+        assert match, "a cached example is a crop of the clip's latent"
+        assert torch.allclose(example["latent_std"], std[0, :, match[0]:match[0] + window], atol=1e-5)
+        offsets.add(match[0])
+    # the crop moves from epoch to epoch and stays where the mel crop would (hop-aligned, in the clip)
+    max_frames = (load_clip(items[0].audio, AUDIO).wave.shape[0] - AUDIO.num_samples) // AUDIO.mel.hop
+    assert len(offsets) > 2 and max(offsets) * stride <= max_frames
+    batch = collate([data[i] for i in range(4)] + [None])
+    assert batch["latent"].shape == (4, 4, window, 32) and len(batch["caption"]) == 4
+
+    with torch.no_grad():
+        vae.vae.encoder.conv_in.weight.add_(0.01)
+    assert component_digest(node, vae) != name  # retrained weights: a new cache folder

@@ -119,6 +119,9 @@ class Autoencoder(Protocol):
     ``latent_shape(n) -> tuple`` the latent shape, without batch, for n frames or samples.
     Its decode covers at least n (padding up), or it raises ValueError for an n it cannot
     take; sampling then rounds n up to the next length it takes and trims the audio.
+    Optional: ``encode_moments(x) -> (mean, std)`` for a Gaussian posterior, scaled as
+    ``encode``'s output, so that a posterior sample is ``mean + std * noise`` (latent caches
+    store both and training keeps sampling).
     """
 
     domain: Literal["mel", "waveform"]

@@ -379,6 +379,8 @@ class _Validator:
     def check_value(self, value: Any, spec: Any, loc: Loc | None, path: str) -> None:
         """Check ``value`` against ``spec`` (a type annotation, or a dict of key specs)."""
         if isinstance(spec, dict):
+            if value is None and spec is STAGE_FIELDS["ema"]:  # ema: null turns a base recipe's EMA off
+                return
             if not isinstance(value, dict):
                 self.add(loc, f"'{path}' must be a mapping, got {_show(value)}")
                 return

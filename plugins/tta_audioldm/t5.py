@@ -108,6 +108,10 @@ class T5Conditioner(torch.nn.Module):
             truncated = int((full.attention_mask.sum(1) > self.max_length).sum())
             enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
             ids, mask = enc.input_ids, enc.attention_mask.bool()
+            if ids.shape[1] == 0:  # "" with a tokenizer that appends no </s>: one end token
+                end = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else self.tokenizer.pad_token_id
+                ids = torch.full((len(texts), 1), end if end is not None else 0, dtype=torch.long)
+                mask = torch.ones_like(ids, dtype=torch.bool)
         if truncated and not self._warned:
             log.warning("t5: %d prompt(s) longer than max_length=%d tokens were truncated", truncated, self.max_length)
             self._warned = True

@@ -65,6 +65,12 @@ class KLVAE(torch.nn.Module):
         z = dist.sample(generator) if sample else dist.mode()
         return z * self.scale_factor
 
+    def encode_moments(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scaled posterior's mean and standard deviation: ``encode(sample=True)`` is
+        ``mean + std * noise`` (what latent caches store, to keep sampling the posterior)."""
+        dist = self.posterior(mel)
+        return dist.mean * self.scale_factor, dist.std * self.scale_factor
+
     def decode(self, latent: torch.Tensor, **_: object) -> torch.Tensor:
         return self.vae.decode(latent / self.scale_factor).sample
 

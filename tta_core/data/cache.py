@@ -68,6 +68,10 @@ class FeatureCache:
             self._index = json.loads(path.read_text()) if path.is_file() else {}
         return self._index
 
+    def reload(self) -> None:
+        """Forget the index read so far (another process has written to the cache)."""
+        self._index, self._handles = None, {}
+
     def __contains__(self, key: str) -> bool:
         return key in self.index or key in self._pending
 

@@ -141,7 +141,8 @@ def check_denoiser(denoiser: Any, x: torch.Tensor, cond: Conditioning, atol: flo
 
 
 def check_autoencoder(autoencoder: Any, x: torch.Tensor, atol: float = 1e-4, **decode_kwargs: Any) -> None:
-    """encode/decode shapes agree with latent_shape; batch-independent; movable."""
+    """encode/decode shapes agree with latent_shape; batch-independent; movable; the
+    optional ``encode_moments`` agrees with ``encode``."""
     _eval(autoencoder)
     if getattr(autoencoder, "domain", None) not in ("mel", "waveform"):
         _fail(autoencoder, "domain must be 'mel' or 'waveform'")
@@ -156,6 +157,15 @@ def check_autoencoder(autoencoder: Any, x: torch.Tensor, atol: float = 1e-4, **d
             _fail(autoencoder, "encode is not deterministic in eval mode")
         if not _close(autoencoder.encode(x[:1]), z[:1], atol):
             _fail(autoencoder, "an item's latent depends on the other items in the batch")
+        if hasattr(autoencoder, "encode_moments"):
+            mean, std = autoencoder.encode_moments(x)
+            if tuple(mean.shape) != tuple(z.shape) or tuple(std.shape) != tuple(z.shape):
+                _fail(autoencoder, f"encode_moments gives {tuple(mean.shape)} and {tuple(std.shape)}, "
+                                   f"encode gives {tuple(z.shape)}")
+            if not _close(mean, z, atol):
+                _fail(autoencoder, "encode_moments' mean is not what encode gives")
+            if not bool((std >= 0).all()):
+                _fail(autoencoder, "encode_moments' std has negative values")
         y = autoencoder.decode(z, **decode_kwargs)
         if tuple(y.shape) != tuple(x.shape):
             _fail(autoencoder, f"decode(encode(x)) has shape {tuple(y.shape)}, x has {tuple(x.shape)}")

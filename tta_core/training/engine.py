@@ -26,6 +26,7 @@ import torch
 from ..checkpoint import (clean_temporaries, latest_checkpoint, list_checkpoints, load_state, load_weights,
                           save_checkpoint)
 from ..errors import CheckpointError, TtaError, UsageError
+from ..interfaces import Conditioning
 from ..recipe import Recipe, build, component_kind
 from ..runs import RunDir, has_params, stages_training, weights_file
 from ..yamlio import dump_yaml
@@ -199,7 +200,8 @@ class Trainer:
 
         ctx = StageContext(recipe=self.recipe, stage=stage, components={**components, **extra}, roles=roles,
                            trains=stage.trains, audio=self.audio, device=device, run_dir=self.run.root,
-                           registry=self.registry, world_size=acc.num_processes, rank=acc.process_index)
+                           registry=self.registry, world_size=acc.num_processes, rank=acc.process_index,
+                           barrier=acc.wait_for_everyone)
         wrapped = {}
         for name, module in trained.items():
             wrapped[name] = acc.prepare_model(module) if acc.num_processes > 1 else module
@@ -484,6 +486,8 @@ def _to_device(batch: Any, device) -> Any:
         return {k: _to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to_device(v, device) for v in batch)
+    if isinstance(batch, Conditioning):
+        return batch.to(device)
     return batch
 
 

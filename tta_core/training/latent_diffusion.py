@@ -11,6 +11,11 @@ on the parameterisation.
   (CLAP's ``encode_audio``), as AudioLDM trains on audio embeddings and samples from text.
 - ``sample_posterior``: encode with a sample of the VAE posterior (AudioLDM) rather than its
   mean.
+- ``cache`` (default true): encode the training clips with the frozen autoencoder, and the
+  captions with the frozen conditioner, once at the start of the stage into the run's
+  ``cache/`` folder (``caching.py``), and train from those, so a step costs only the
+  denoiser. Off by itself for what changes every step: a conditioner being trained, or audio
+  conditioning (which needs the waveform of each crop).
 """
 
 from __future__ import annotations
@@ -40,13 +45,17 @@ def select(cond: Conditioning, other: Conditioning, take_other: torch.Tensor) ->
 
 class LatentDiffusion:
     def __init__(self, cfg_dropout: float = 0.1, audio_conditioning: bool = False, sample_posterior: bool = True,
-                 validate_prompts: int = 4, validate_steps: int | None = None):
+                 validate_prompts: int = 4, validate_steps: int | None = None, cache: bool = True):
         if not 0 <= cfg_dropout < 1:
             raise UsageError(f"latent_diffusion: cfg_dropout must be in [0, 1), got {cfg_dropout}")
         self.cfg_dropout = cfg_dropout
         self.audio_conditioning = audio_conditioning
         self.sample_posterior = sample_posterior
         self.validate_prompts, self.validate_steps = validate_prompts, validate_steps
+        self.cache = cache
+        self.texts = None  # the text cache, when used
+        self._null = None  # the frozen conditioner's null conditioning, batch of 1
+        self._collate = None
 
     def setup(self, ctx: Any) -> None:
         self.ctx = ctx
@@ -63,15 +72,29 @@ class LatentDiffusion:
             raise UsageError(f"audio_conditioning: the conditioner '{ctx.roles['conditioner']}' has no audio side")
 
     def train_dataset(self, ctx: Any) -> Any:
-        from .datasets import training_dataset
+        from ..data.dataset import collate
+        from .datasets import items_for, training_dataset
 
-        domain = getattr(ctx.unwrap(ctx.roles["autoencoder"]), "domain", "mel")
+        ae = ctx.unwrap(ctx.roles["autoencoder"])
+        domain = getattr(ae, "domain", "mel")
+        self._collate = collate
+        if self.cache and not self.audio_conditioning:
+            from . import caching
+
+            text_encoder = None if self.train_text else ctx.unwrap(ctx.roles["conditioner"])
+            items = items_for(ctx)
+            caches = caching.build_caches(ctx, ae, text_encoder, items)
+            self.texts = caches["texts"]
+            if caches["latents"] is not None:
+                window = ae.latent_shape(ctx.audio.num_frames if domain == "mel" else ctx.audio.num_samples)[1]
+                self._collate = caching.collate
+                return caching.CachedLatentDataset(items, ctx.audio, caches["latents"], stride=caches["stride"],
+                                                   domain=domain, window=window, texts=self.texts,
+                                                   seed=ctx.stage.seed)
         return training_dataset(ctx, mel=domain == "mel", wave=domain == "waveform" or self.audio_conditioning)
 
     def collate(self, items):
-        from ..data.dataset import collate
-
-        return collate(items)
+        return self._collate(items)
 
     def parameter_groups(self, ctx: Any) -> dict[str, list]:
         params = [p for name in ctx.trains for p in ctx.unwrap(name).parameters() if p.requires_grad]
@@ -80,6 +103,12 @@ class LatentDiffusion:
         return {"main": params}
 
     def _latents(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        if "latent" in batch:  # from the latent cache
+            mean, std = batch["latent"], batch.get("latent_std")
+            if self.sample_posterior and std is not None:
+                noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+                return mean + std * noise
+            return mean
         ae = self.autoencoder
         x = batch["mel"] if getattr(ae, "domain", "mel") == "mel" else batch["wave"][:, None]
         with torch.no_grad():
@@ -90,8 +119,15 @@ class LatentDiffusion:
     def _conditioning(self, batch: dict, generator: torch.Generator) -> Conditioning:
         grad = torch.enable_grad() if self.train_text else torch.no_grad()
         with grad:
-            if self.audio_conditioning:
+            if "cond" in batch:  # from the text cache
+                cond = batch["cond"]
+            elif self.audio_conditioning:
                 cond = self.conditioner.encode_audio(batch["wave"], self.ctx.audio.sample_rate)
+            elif self.texts is not None:
+                from .caching import cached_conditioning
+
+                cond = Conditioning.cat([cached_conditioning(self.texts, c) for c in batch["caption"]])
+                cond = cond.to(self.ctx.device)
             else:
                 cond = self.conditioner.encode_text(list(batch["caption"]))
             b = cond.batch_size
@@ -99,8 +135,16 @@ class LatentDiffusion:
                 device = (cond.tokens if cond.tokens is not None else cond.pooled).device
                 drop = torch.rand(b, generator=generator, device=generator.device).to(device) < self.cfg_dropout
                 if bool(drop.any()):
-                    cond = select(cond, self.conditioner.null(b), drop)
+                    cond = select(cond, self._null_batch(b), drop)
         return cond
+
+    def _null_batch(self, b: int) -> Conditioning:
+        if self.train_text:  # a trained conditioner's null may change every step
+            return self.conditioner.null(b)
+        if self._null is None:
+            with torch.no_grad():
+                self._null = self.conditioner.null(1)
+        return self._null.repeat(b)
 
     def losses(self, batch: dict, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         z = self._latents(batch, generator)

@@ -30,6 +30,8 @@ class StageContext:
         without gradients, loaded from earlier stages.
     roles: kind -> component name for the recipe's components (the unique one of each
         kind, or the recipe's ``sample:`` choice).
+    barrier(): returns once every process reached it (after work only rank 0 does, such as
+        filling a cache).
     """
 
     recipe: "Recipe"
@@ -45,6 +47,7 @@ class StageContext:
     ema: dict[str, Any] = field(default_factory=dict)  # name -> EMA copy, for validation
     world_size: int = 1
     rank: int = 0
+    barrier: Any = lambda: None  # waits for every process (work only the main one does)
 
     def role(self, kind: str) -> Any:
         """The component filling ``kind`` (e.g. "autoencoder"); a clear error when none does."""

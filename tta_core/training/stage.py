@@ -95,7 +95,7 @@ def parse_stage(raw: Mapping[str, Any]) -> StageConfig:
         }
     if "lr_schedule" in kwargs:
         kwargs["lr_schedule"] = _sub(ScheduleConfig, kwargs["lr_schedule"], f"train.{name}.lr_schedule")
-    if "ema" in kwargs:
+    if kwargs.get("ema") is not None:  # ema: null (e.g. from --set) means no EMA
         kwargs["ema"] = _sub(EMAConfig, kwargs["ema"], f"train.{name}.ema")
     for key in ("trains", "frozen", "milestones"):
         if key in kwargs:

@@ -133,3 +133,30 @@ def test_loss_is_zero_for_the_exact_target_and_positive_otherwise():
 
     assert process.loss(net, x0, None, generator=torch.Generator().manual_seed(0)) < 1e-8
     assert process.loss(lambda x, t, c: torch.zeros_like(x), x0, None) > 0.1
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_min_snr_loss_matches_diffusers_training_scripts(prediction):
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+
+    process = VPDiscrete(**AUDIOLDM, prediction=prediction, snr_gamma=5.0)
+    ref = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0195,
+                        prediction_type="v_prediction" if prediction == "v" else "epsilon")
+    x0 = torch.randn(64, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    net = lambda x, t, c: 0.5 * x  # noqa: E731 - any network will do
+    loss = process.loss(net, x0, None, generator=torch.Generator().manual_seed(1))
+    # what diffusers' train_text_to_image.py computes with --snr_gamma 5 on the same pair
+    pair = process.training_pair(x0, generator=torch.Generator().manual_seed(1))
+    t = pair.t.long()
+    snr = compute_snr(ref, t)
+    weights = torch.stack([snr, 5.0 * torch.ones_like(t)], dim=1).min(dim=1)[0]
+    weights = weights / snr if prediction == "epsilon" else weights / (snr + 1)
+    per_item = torch.nn.functional.mse_loss(net(pair.x_t, pair.t, None), pair.target, reduction="none")
+    expected = (per_item.mean(dim=(1, 2, 3)) * weights).mean()
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    # the weighting changes the loss: high-SNR levels count less
+    plain = VPDiscrete(**AUDIOLDM, prediction=prediction).loss(net, x0, None, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(loss, plain, rtol=1e-3)
+    with pytest.raises(ValueError, match="snr_gamma must be positive"):
+        VPDiscrete(snr_gamma=0)

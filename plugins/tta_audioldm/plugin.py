@@ -11,6 +11,7 @@ def tta_register(register):
     register("autoencoder", "kl_vae", f"{_P}.vae:KLVAE")
     register("denoiser", "unet2d", f"{_P}.unet:UNet2D")
     register("conditioner", "t5", f"{_P}.t5:T5Conditioner")
+    register("conditioner", "clap", f"{_P}.clap:CLAPConditioner")
     register("vocoder", "griffin_lim", f"{_P}.vocoders:GriffinLim")
     register("vocoder", "hifigan", f"{_P}.vocoders:HiFiGAN")
     register("objective", "vae_gan", f"{_P}.vae_gan:VAEGAN")

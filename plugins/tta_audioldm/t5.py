@@ -13,13 +13,14 @@ encoding of the empty prompt, which caption dropout trains the model to treat as
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Mapping
 
 import torch
 
 from tta_core.errors import TtaError
 from tta_core.interfaces import Conditioning
+
+from .pretrained import check_tokenizer
 
 log = logging.getLogger("tta.text")
 
@@ -44,20 +45,6 @@ class ByteTokenizer:
         return ids, ids != self.pad_id, truncated
 
 
-def check_tokenizer(tokenizer: Any, source: str, minimum: int = 100) -> None:
-    """Offline, transformers can hand back a tokenizer with almost no vocabulary instead of
-    failing; text embedded with it is garbage. Refuse it, naming what is missing."""
-    size = len(tokenizer) if hasattr(tokenizer, "__len__") else getattr(tokenizer, "vocab_size", 0)
-    if size < minimum:
-        expected = "tokenizer.json, or spiece.model / vocab.json + merges.txt, with tokenizer_config.json"
-        present = sorted(os.listdir(source)) if os.path.isdir(source) else "not a local folder (hub id, offline?)"
-        raise TtaError(
-            f"the tokenizer loaded from {source} has only {size} tokens: its vocabulary files are missing "
-            f"(expected {expected}; found: {present}). Download the model once with network access, or "
-            "point pretrained: at a complete local copy."
-        )
-
-
 class T5Conditioner(torch.nn.Module):
     def __init__(
         self,
@@ -80,7 +67,7 @@ class T5Conditioner(torch.nn.Module):
             except OSError as exc:
                 raise TtaError(f"t5: cannot load '{pretrained}' ({exc}). Offline, point pretrained: at a "
                                "local folder with config.json, the weights and the tokenizer files.") from None
-            check_tokenizer(self.tokenizer, pretrained)
+            check_tokenizer(self.tokenizer, pretrained, who="t5: ")
             self.bytes = None
         else:
             cfg = dict(config)

@@ -58,6 +58,7 @@ class UNet2D(torch.nn.Module):
             projection_class_embeddings_input_dim=pooled_dim,
             class_embeddings_concat=pooled_concat,
         )
+        self.unet.set_attn_processor(_attention_processor())
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.cross_attention_dim, self.pooled_dim = cross_attention_dim, pooled_dim
@@ -86,3 +87,23 @@ class UNet2D(torch.nn.Module):
             kwargs["class_labels"] = cond.pooled
         out = self.unet(x, t, **kwargs).sample
         return out[..., :h, :w]
+
+
+def _attention_processor():
+    """diffusers' scaled-dot-product attention, held to torch's plain math kernel on a CPU:
+    the fused CPU kernels are several times slower on these short sequences (their backward
+    most of all). Chosen per call, inside the processor, so that gradient checkpointing
+    recomputes with the same kernel."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    class CPUMathAttention(AttnProcessor2_0):
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                     *args, **kwargs):
+            call = super().__call__
+            if hidden_states.device.type != "cpu":
+                return call(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+            with sdpa_kernel(SDPBackend.MATH):
+                return call(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+
+    return CPUMathAttention()

@@ -77,6 +77,12 @@ class TrainingPair:
     noise: torch.Tensor
 
 
+def _gamma(value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise ValueError(f"snr_gamma must be positive (5 is the usual choice), got {value}")
+    return None if value is None else float(value)
+
+
 class _Process:
     """What every process shares: the parameterisation maths and the training loss.
 
@@ -123,12 +129,30 @@ class _Process:
         x_t = a * x0 + s * noise
         return TrainingPair(x_t, t, self.target(x0, noise, alpha, sigma), alpha, sigma, noise)
 
+    snr_gamma: float | None = None
+
     def loss(self, net: Callable, x0: torch.Tensor, cond: "Conditioning", *,
              generator: torch.Generator | None = None) -> torch.Tensor:
         """Mean squared error between the network's output and the target, over a fresh
-        training pair (one level per item)."""
+        training pair (one level per item); with ``snr_gamma``, each item's error weighted
+        by Min-SNR-gamma (Hang et al. 2023, as diffusers' training scripts' ``--snr_gamma``)."""
         pair = self.training_pair(x0, generator=generator)
-        return F.mse_loss(net(pair.x_t, pair.t, cond), pair.target)
+        out = net(pair.x_t, pair.t, cond)
+        if self.snr_gamma is None:
+            return F.mse_loss(out, pair.target)
+        per_item = F.mse_loss(out.float(), pair.target.float(), reduction="none").mean(dim=tuple(range(1, out.dim())))
+        return (per_item * self.loss_weights(pair.alpha, pair.sigma)).mean()
+
+    def loss_weights(self, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Min-SNR-gamma weights [B] for levels (alpha, sigma): min(SNR, gamma) divided by
+        SNR for epsilon prediction, by SNR + 1 for v, by 1 for the clean sample."""
+        snr = alpha.float() ** 2 / (sigma.float() ** 2).clamp(min=1e-20)
+        weights = snr.clamp(max=self.snr_gamma)
+        if self.prediction == "epsilon":
+            return weights / snr
+        if self.prediction == "v":
+            return weights / (snr + 1)
+        return weights
 
     def _draw_levels(self, n: int, generator: torch.Generator | None, device: torch.device):
         raise NotImplementedError
@@ -170,11 +194,13 @@ class VPDiscrete(_Process):
     set_alpha_to_one: where the chain ends. True: the clean signal (alpha 1, sigma 0).
         False: the first training level alphabar_0, as diffusers' DDIM with that flag
         (AudioLDM's scheduler config), so the result keeps a trace of noise at sigma ~ 0.04.
+    snr_gamma: Min-SNR-gamma loss weighting (5 is the paper's choice); None: plain MSE.
     """
 
     def __init__(self, num_train_timesteps: int = 1000, betas: BetaSchedule = "linear",
                  beta_start: float = 0.0001, beta_end: float = 0.02, prediction: Prediction = "epsilon",
-                 spacing: Spacing = "leading", steps_offset: int = 0, set_alpha_to_one: bool = True):
+                 spacing: Spacing = "leading", steps_offset: int = 0, set_alpha_to_one: bool = True,
+                 snr_gamma: float | None = None):
         if prediction not in ("epsilon", "v", "sample"):
             raise ValueError(f"prediction must be epsilon, v or sample, got {prediction!r}")
         if spacing not in ("leading", "linspace", "trailing"):
@@ -183,6 +209,7 @@ class VPDiscrete(_Process):
             raise ValueError("num_train_timesteps must be at least 2")
         self.num_train_timesteps = num_train_timesteps
         self.prediction = prediction
+        self.snr_gamma = _gamma(snr_gamma)
         self.spacing = spacing
         self.steps_offset = steps_offset
         self.set_alpha_to_one = set_alpha_to_one
@@ -274,14 +301,17 @@ class VDiffusion(_Process):
     (its LinearSchedule).
 
     prediction: ``v`` (the reference), or ``epsilon`` / ``sample`` for other networks.
+    snr_gamma: Min-SNR-gamma loss weighting; None (the reference): plain MSE.
     """
 
-    def __init__(self, prediction: Prediction = "v", sigma_min: float = 0.0, sigma_max: float = 1.0):
+    def __init__(self, prediction: Prediction = "v", sigma_min: float = 0.0, sigma_max: float = 1.0,
+                 snr_gamma: float | None = None):
         if prediction not in ("epsilon", "v", "sample"):
             raise ValueError(f"prediction must be epsilon, v or sample, got {prediction!r}")
         if not 0.0 <= sigma_min < sigma_max <= 1.0:
             raise ValueError(f"need 0 <= sigma_min < sigma_max <= 1, got {sigma_min}, {sigma_max}")
         self.prediction = prediction
+        self.snr_gamma = _gamma(snr_gamma)
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
 
     @staticmethod

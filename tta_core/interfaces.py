@@ -139,7 +139,12 @@ class Denoiser(Protocol):
     with the output shaped like ``x_t``. ``t`` is the process's time input
     (:meth:`Process.net_time`: the integer timestep 0..T-1 as a float for ``vp_discrete``,
     s in [0, 1] for ``v_diffusion``). What the output means (noise, v, clean signal) is the
-    process's business, not the network's."""
+    process's business, not the network's.
+
+    Optional: ``null(batch) -> Conditioning``, a learned unconditional input that is part of
+    the network (audio-diffusion-pytorch's ``use_embedding_cfg``). When a denoiser has one,
+    caption dropout in training and classifier-free guidance in sampling use it instead of
+    the conditioner's ``null`` (a negative prompt still goes through the conditioner)."""
 
     def __call__(self, x_t: "torch.Tensor", t: "torch.Tensor", cond: Conditioning) -> "torch.Tensor": ...
 

@@ -340,11 +340,13 @@ class Pipeline:
         return wave[:, :samples]
 
     def _uncond(self, negatives: list[str]) -> Conditioning:
+        # the denoiser's learned null when it has one (audio-diffusion-pytorch's CFG embedding)
+        null = self.denoiser.null if hasattr(self.denoiser, "null") else self.conditioner.null
         if not any(negatives):
-            return self.conditioner.null(len(negatives))
+            return null(len(negatives))
         if all(negatives):
             return self.conditioner.encode_text(negatives)
-        parts = [self.conditioner.encode_text([neg]) if neg else self.conditioner.null(1) for neg in negatives]
+        parts = [self.conditioner.encode_text([neg]) if neg else null(1) for neg in negatives]
         return Conditioning.cat(parts)
 
     def _net(self) -> Any:

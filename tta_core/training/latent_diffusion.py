@@ -6,7 +6,8 @@ the recipe's process gives the training pairs and the loss, so training and samp
 on the parameterisation.
 
 - Caption dropout (``cfg_dropout``) replaces an item's conditioning by the conditioner's
-  ``null`` so the model learns the unconditional estimate classifier-free guidance needs.
+  ``null`` (or the denoiser's learned one, when it has ``null``) so the model learns the
+  unconditional estimate classifier-free guidance needs.
 - ``audio_conditioning: true`` conditions on the audio side of a conditioner that has one
   (CLAP's ``encode_audio``), as AudioLDM trains on audio embeddings and samples from text.
 - ``sample_posterior``: encode with a sample of the VAE posterior (AudioLDM) rather than its
@@ -134,11 +135,15 @@ class LatentDiffusion:
             if self.cfg_dropout > 0:
                 device = (cond.tokens if cond.tokens is not None else cond.pooled).device
                 drop = torch.rand(b, generator=generator, device=generator.device).to(device) < self.cfg_dropout
-                if bool(drop.any()):
+                learned = hasattr(self.ctx.unwrap(self.ctx.roles["denoiser"]), "null")
+                if learned or bool(drop.any()):  # a learned null takes part every step (same graph on every rank)
                     cond = select(cond, self._null_batch(b), drop)
         return cond
 
     def _null_batch(self, b: int) -> Conditioning:
+        denoiser = self.ctx.unwrap(self.ctx.roles["denoiser"])
+        if hasattr(denoiser, "null"):  # learned with the denoiser
+            return denoiser.null(b)
         if self.train_text:  # a trained conditioner's null may change every step
             return self.conditioner.null(b)
         if self._null is None:

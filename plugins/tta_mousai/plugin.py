@@ -1,0 +1,11 @@
+"""Registers the Mousai family. Factories are "module:attribute" strings: listing plugins
+imports neither torch nor audio-diffusion-pytorch."""
+
+from tta_core.plugin import hookimpl
+
+_P = "tta_mousai"
+
+
+@hookimpl
+def tta_register(register):
+    register("denoiser", "unet1d", f"{_P}.unet1d:UNet1D")

@@ -1,0 +1,112 @@
+"""``unet1d``: audio-diffusion-pytorch's UNetV0 in one dimension, the denoiser of Mousai's
+generator and of the bird-sound DiffGen.
+
+x [B, C, N] -> [B, C, N]; ``t`` is the v-diffusion time s in [0, 1] (``v_diffusion``'s
+``net_time``). Text enters by cross-attention to token embeddings [B, L, embedding_features]
+(T5), padded with zeros to ``embedding_max_length`` as that repository's T5 embedder pads;
+longer ones are cut. Per level: ``channels``, down-sampling ``factors``, repeated ``items``,
+self-``attentions`` and ``cross_attentions`` (0 or 1), as in audio-diffusion-pytorch.
+
+The unconditional input is learned, as audio-diffusion-pytorch's ``use_embedding_cfg``: a
+fixed-length embedding that is part of this network (:meth:`null`). Caption dropout and
+classifier-free guidance use it in place of the conditioner's ``null`` (see the Denoiser
+contract). The module is built by audio-diffusion-pytorch's own ``UNetV0`` with that plugin,
+so its state dict has the reference's names.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from tta_core.interfaces import Conditioning
+
+
+class UNet1D(torch.nn.Module):
+    def __init__(
+        self,
+        in_channels: int = 32,
+        channels: Sequence[int] = (128, 256, 512, 512, 1024, 1024),
+        factors: Sequence[int] = (1, 2, 2, 2, 2, 2),
+        items: Sequence[int] = (2, 2, 2, 4, 8, 8),
+        attentions: Sequence[int] = (0, 0, 1, 1, 1, 1),
+        cross_attentions: Sequence[int] = (1, 1, 1, 1, 1, 1),
+        attention_heads: int = 12,
+        attention_features: int = 64,
+        embedding_features: int = 768,
+        embedding_max_length: int = 128,
+        resnet_groups: int = 8,
+        modulation_features: int = 1024,
+    ):
+        super().__init__()
+        from audio_diffusion_pytorch import UNetV0
+
+        self._args = dict(in_channels=in_channels, channels=tuple(channels), factors=tuple(factors), items=tuple(items),
+                          attentions=tuple(attentions), cross_attentions=tuple(cross_attentions),
+                          attention_heads=attention_heads, attention_features=attention_features,
+                          embedding_features=embedding_features, embedding_max_length=embedding_max_length,
+                          resnet_groups=resnet_groups, modulation_features=modulation_features)
+
+        levels = len(channels)
+        for name, value in (("factors", factors), ("items", items), ("attentions", attentions),
+                            ("cross_attentions", cross_attentions)):
+            if len(value) != levels:
+                raise ValueError(f"unet1d: {name} has {len(value)} entries, channels has {levels}: one per level")
+        if any(c % resnet_groups for c in channels):
+            raise ValueError(f"unet1d: every channel count must be a multiple of resnet_groups={resnet_groups}")
+        if embedding_features < 1 or embedding_max_length < 1:
+            raise ValueError("unet1d: embedding_features and embedding_max_length must be positive")
+        self.embedding_features, self.max_length = embedding_features, embedding_max_length
+        self.net = UNetV0(
+            dim=1, in_channels=in_channels, channels=list(channels), factors=list(factors), items=list(items),
+            attentions=list(attentions), cross_attentions=list(cross_attentions), attention_heads=attention_heads,
+            attention_features=attention_features, embedding_features=embedding_features,
+            embedding_max_length=embedding_max_length, use_embedding_cfg=True, resnet_groups=resnet_groups,
+            modulation_features=modulation_features,
+        )
+        self.multiple = math.prod(factors)
+        # the plugin's learned null: one vector per position
+        self._null_table = next(m for m in self.net.modules() if isinstance(m, torch.nn.Embedding)
+                                and m.num_embeddings == embedding_max_length and m.embedding_dim == embedding_features)
+
+    def __deepcopy__(self, memo: dict) -> "UNet1D":
+        """a-unet's modules run closures over the submodules they were built with, which
+        deepcopy does not rebind (a copy would compute with the original's weights: EMA
+        copies are made this way). Rebuild from the arguments and copy the state instead."""
+        param = next(self.parameters())
+        with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the RNG as it was
+            new = type(self)(**self._args)
+        new.to(device=param.device, dtype=param.dtype)
+        new.load_state_dict(self.state_dict())
+        for mine, theirs in zip(self.parameters(), new.parameters()):
+            theirs.requires_grad_(mine.requires_grad)
+        new.train(self.training)
+        memo[id(self)] = new
+        return new
+
+    def null(self, batch: int) -> Conditioning:
+        """The learned unconditional input: [batch, embedding_max_length, embedding_features]."""
+        table = self._null_table.weight
+        return Conditioning(tokens=table[None].expand(batch, -1, -1),
+                            mask=torch.ones(batch, self.max_length, dtype=torch.bool, device=table.device))
+
+    def _embedding(self, cond: Conditioning) -> torch.Tensor:
+        tokens = cond.tokens
+        if tokens is None or tokens.shape[-1] != self.embedding_features:
+            got = None if tokens is None else tokens.shape[-1]
+            raise ValueError(f"unet1d expects {self.embedding_features}-wide token conditioning, got {got}: "
+                             "set embedding_features to the conditioner's width")
+        if cond.mask is not None:
+            tokens = tokens * cond.mask[..., None].to(tokens.dtype)
+        tokens = tokens[:, : self.max_length]
+        short = self.max_length - tokens.shape[1]
+        return torch.nn.functional.pad(tokens, (0, 0, 0, short)) if short else tokens
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        n = x.shape[-1]
+        pad = -n % self.multiple
+        if pad:
+            x = torch.nn.functional.pad(x, (0, pad))
+        return self.net(x, time=t.to(x.dtype), embedding=self._embedding(cond))[..., :n]

@@ -267,8 +267,8 @@ def test_latent_cache_crops_on_the_latent_grid_and_a_changed_vae_gets_a_new_cach
     from tta_core.data.cache import latent_cache
     from tta_core.data.mel import clip_mel
     from tta_core.data.audio import load_clip
-    from tta_core.training.caching import (CachedLatentDataset, collate, component_digest, fill_latent_cache,
-                                           latent_stride)
+    from tta_core.data.dataset import collate
+    from tta_core.training.caching import CachedLatentDataset, component_digest, fill_latent_cache, latent_stride
     from tta_datasets.readers import jsonl
 
     items = jsonl(str(sounds))[:4]  # 1 s clips, 0.64 s windows

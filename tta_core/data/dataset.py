@@ -93,14 +93,20 @@ class AudioTextDataset(torch.utils.data.Dataset):
 
 
 def collate(examples: list[dict | None]) -> dict | None:
-    """Stack examples, dropping the None of bad files; None when the whole batch was bad."""
+    """Stack examples, dropping the None of bad files; None when the whole batch was bad.
+    Tensor fields are stacked, Conditioning fields concatenated (token lengths padded and
+    masked), ``index`` becomes a tensor, the rest (captions, ids, labels) stay lists."""
+    from ..interfaces import Conditioning
+
     examples = [e for e in examples if e is not None]
     if not examples:
         return None
     batch = {key: [e[key] for e in examples] for key in examples[0]}
-    for key in ("mel", "wave"):
-        if key in batch:
-            batch[key] = torch.stack(batch[key])
+    for key, values in batch.items():
+        if isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(values[0], Conditioning):
+            batch[key] = Conditioning.cat(values)
     batch["index"] = torch.tensor(batch["index"])
     return batch
 

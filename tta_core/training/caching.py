@@ -197,7 +197,7 @@ class CachedLatentDataset(torch.utils.data.Dataset):
     (same shape, when the autoencoder has a posterior), ``cond`` (a batch-1 Conditioning,
     when the text cache is given), ``caption``, ``id``, ``label``, ``index``. Captions and crops
     are drawn from ``(seed, epoch, index)`` as in :class:`~tta_core.data.dataset.AudioTextDataset`.
-    Items missing from the latent cache (bad files) give None, which :func:`collate` drops.
+    Items missing from the latent cache (bad files) give None, which :func:`~tta_core.data.dataset.collate` drops.
     """
 
     def __init__(self, items: Sequence[Item], audio: Any, latents: FeatureCache, *, stride: int, domain: str,
@@ -244,21 +244,6 @@ class CachedLatentDataset(torch.utils.data.Dataset):
         if self.texts is not None:
             out["cond"] = cached_conditioning(self.texts, caption)
         return out
-
-
-def collate(examples: list[dict | None]) -> dict | None:
-    """Stack cached examples (None for a bad file is dropped; None when all were bad)."""
-    examples = [e for e in examples if e is not None]
-    if not examples:
-        return None
-    batch = {key: [e[key] for e in examples] for key in examples[0]}
-    for key in ("latent", "latent_std"):
-        if key in batch:
-            batch[key] = torch.stack(batch[key])
-    if "cond" in batch:
-        batch["cond"] = Conditioning.cat(batch["cond"])
-    batch["index"] = torch.tensor(batch["index"])
-    return batch
 
 
 def build_caches(ctx: Any, autoencoder: Any, conditioner: Any | None, items: Sequence[Item]) -> dict:

@@ -56,7 +56,6 @@ class LatentDiffusion:
         self.cache = cache
         self.texts = None  # the text cache, when used
         self._null = None  # the frozen conditioner's null conditioning, batch of 1
-        self._collate = None
 
     def setup(self, ctx: Any) -> None:
         self.ctx = ctx
@@ -73,12 +72,10 @@ class LatentDiffusion:
             raise UsageError(f"audio_conditioning: the conditioner '{ctx.roles['conditioner']}' has no audio side")
 
     def train_dataset(self, ctx: Any) -> Any:
-        from ..data.dataset import collate
         from .datasets import items_for, training_dataset
 
         ae = ctx.unwrap(ctx.roles["autoencoder"])
         domain = getattr(ae, "domain", "mel")
-        self._collate = collate
         if self.cache and not self.audio_conditioning:
             from . import caching
 
@@ -88,14 +85,15 @@ class LatentDiffusion:
             self.texts = caches["texts"]
             if caches["latents"] is not None:
                 window = ae.latent_shape(ctx.audio.num_frames if domain == "mel" else ctx.audio.num_samples)[1]
-                self._collate = caching.collate
                 return caching.CachedLatentDataset(items, ctx.audio, caches["latents"], stride=caches["stride"],
                                                    domain=domain, window=window, texts=self.texts,
                                                    seed=ctx.stage.seed)
         return training_dataset(ctx, mel=domain == "mel", wave=domain == "waveform" or self.audio_conditioning)
 
     def collate(self, items):
-        return self._collate(items)
+        from ..data.dataset import collate
+
+        return collate(items)
 
     def parameter_groups(self, ctx: Any) -> dict[str, list]:
         params = [p for name in ctx.trains for p in ctx.unwrap(name).parameters() if p.requires_grad]

@@ -221,3 +221,9 @@ class Sampler(Protocol):
     def __call__(self, denoise: DenoiseFn, x_T: "torch.Tensor", schedule: "torch.Tensor", *,
                  generator: "torch.Generator | None" = None,
                  callback: Callable[[int, int, "torch.Tensor"], None] | None = None) -> "torch.Tensor": ...
+
+
+def unconditional(denoiser: Any, conditioner: Any) -> Callable[[int], Conditioning]:
+    """``null(batch)`` for caption dropout and classifier-free guidance: the denoiser's
+    learned one when it has one (see :class:`Denoiser`), else the conditioner's."""
+    return denoiser.null if hasattr(denoiser, "null") else conditioner.null

@@ -41,7 +41,7 @@ import torch
 from .checkpoint import Checkpoint, load_checkpoint, load_state, load_weights
 from .diffusion.guidance import Guidance, guided_denoiser
 from .errors import TtaError, UsageError
-from .interfaces import Conditioning
+from .interfaces import Conditioning, unconditional
 from .recipe import Recipe, build, check, component_kind, load_recipe
 from .runs import RunDir, default_run_dir, has_params, stages_training, weights_file
 from .yamlio import to_plain
@@ -340,8 +340,7 @@ class Pipeline:
         return wave[:, :samples]
 
     def _uncond(self, negatives: list[str]) -> Conditioning:
-        # the denoiser's learned null when it has one (audio-diffusion-pytorch's CFG embedding)
-        null = self.denoiser.null if hasattr(self.denoiser, "null") else self.conditioner.null
+        null = unconditional(self.denoiser, self.conditioner)
         if not any(negatives):
             return null(len(negatives))
         if all(negatives):

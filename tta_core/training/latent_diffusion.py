@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
-from ..interfaces import Conditioning
+from ..interfaces import Conditioning, unconditional
 
 
 def select(cond: Conditioning, other: Conditioning, take_other: torch.Tensor) -> Conditioning:
@@ -66,6 +66,9 @@ class LatentDiffusion:
         self.denoiser = ctx.role("denoiser")
         self.process = ctx.role("process")
         self.train_text = ctx.roles["conditioner"] in ctx.trains
+        denoiser = ctx.unwrap(ctx.roles["denoiser"])
+        self.learned_null = hasattr(denoiser, "null")
+        self.null = unconditional(denoiser, self.conditioner)
         if ctx.roles["autoencoder"] in ctx.trains:
             raise UsageError("latent_diffusion keeps the autoencoder frozen; train it in its own stage")
         if self.audio_conditioning and not hasattr(ctx.unwrap(ctx.roles["conditioner"]), "encode_audio"):
@@ -133,20 +136,18 @@ class LatentDiffusion:
             if self.cfg_dropout > 0:
                 device = (cond.tokens if cond.tokens is not None else cond.pooled).device
                 drop = torch.rand(b, generator=generator, device=generator.device).to(device) < self.cfg_dropout
-                learned = hasattr(self.ctx.unwrap(self.ctx.roles["denoiser"]), "null")
-                if learned or bool(drop.any()):  # a learned null takes part every step (same graph on every rank)
+                if self.learned_null or bool(drop.any()):  # a learned null takes part every step (same graph on every rank)
                     cond = select(cond, self._null_batch(b), drop)
         return cond
 
     def _null_batch(self, b: int) -> Conditioning:
-        denoiser = self.ctx.unwrap(self.ctx.roles["denoiser"])
-        if hasattr(denoiser, "null"):  # learned with the denoiser
-            return denoiser.null(b)
+        if self.learned_null:  # learned with the denoiser
+            return self.null(b)
         if self.train_text:  # a trained conditioner's null may change every step
-            return self.conditioner.null(b)
+            return self.null(b)
         if self._null is None:
             with torch.no_grad():
-                self._null = self.conditioner.null(1)
+                self._null = self.null(1)
         return self._null.repeat(b)
 
     def losses(self, batch: dict, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:

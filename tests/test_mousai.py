@@ -1,5 +1,7 @@
 """The Mousai family: the 1-D U-Net generator against audio-diffusion-pytorch's reference."""
 
+import math
+
 import pytest
 import torch
 
@@ -80,3 +82,82 @@ def test_a_deep_copy_computes_with_its_own_weights():
         for p in twin.parameters():
             p.mul_(0.5)
         assert not torch.allclose(twin(x, t, cond), net(x, t, cond))
+
+
+TINY_AE = dict(channels=(16, 32, 32), factors=(1, 2, 2), items=(1, 1, 1), num_filters=32, window_length=16, stride=16,
+               inject_depth=1, encoder_channels=32, encoder_multipliers=(1, 1), encoder_factors=(2,),
+               encoder_num_blocks=(1,), stft_num_fft=63, stft_hop_length=16, latent_channels=8, decode_steps=3)
+
+
+def tiny_diffae():
+    from tta_mousai.diffae import DiffAE
+
+    torch.manual_seed(0)
+    return DiffAE(**TINY_AE).eval()
+
+
+def _reference_diffae(ours):
+    from audio_diffusion_pytorch import DiffusionAE, LTPlugin, UNetV0, VDiffusion, VSampler
+    from audio_encoders_pytorch import ME1d, TanhBottleneck
+
+    ref = DiffusionAE(
+        net_t=LTPlugin(UNetV0, num_filters=32, window_length=16, stride=16), dim=1, in_channels=1,
+        channels=[16, 32, 32], factors=[1, 2, 2], items=[1, 1, 1], inject_depth=1,
+        encoder=ME1d(in_channels=1, channels=32, multipliers=[1, 1], factors=[2], num_blocks=[1], stft_num_fft=63,
+                     stft_hop_length=16, out_channels=8, bottleneck=TanhBottleneck()),
+        diffusion_t=VDiffusion, sampler_t=VSampler).eval()
+    state = ours.state_dict()  # the reference's own names; its diffusion/sampler hold the same net
+    ref.load_state_dict({**state, **{f"{p}.{k[4:]}": v for p in ("diffusion.net", "sampler.net")
+                                     for k, v in state.items() if k.startswith("net.")}})
+    return ref
+
+
+def test_diffae_compresses_by_its_factor_and_conforms():
+    from tta_core.testing.conformance import check_autoencoder
+
+    ae = tiny_diffae()
+    x = torch.randn(2, 1, 2048)
+    check_autoencoder(ae, x, steps=2)
+    z = ae.encode(x)
+    assert z.shape == (2, 8, 64) and ae.latent_factor == 32  # 32 samples -> 1 frame of 8 channels
+    assert x[0].numel() / z[0].numel() == 4 and z.abs().max() <= 1  # tanh bottleneck
+    assert ae.latent_shape(2000) == (8, 64)  # lengths round up to what the decoder divides
+    with pytest.raises(ValueError, match="inject_depth"):
+        type(ae)(**{**TINY_AE, "inject_depth": 2})
+    import copy
+
+    twin = copy.deepcopy(ae)  # as EMA copies it: computes with its own weights
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(0.5)
+        assert not torch.allclose(twin.decoder_net(z)(x, torch.rand(2)), ae.decoder_net(z)(x, torch.rand(2)))
+
+
+def test_diffae_decodes_with_any_sampler_and_matches_audio_diffusion_pytorch():
+    from tta_core.diffusion import DDIM, VSampler
+
+    ae = tiny_diffae()
+    ref = _reference_diffae(ae)
+    x = torch.randn(2, 1, 2048)
+    with torch.no_grad():
+        z = ae.encode(x)
+        assert torch.allclose(z, ref.encode(x), atol=1e-6)
+        ours = ae.decode(z, steps=3, generator=torch.Generator().manual_seed(0))
+        theirs = ref.decode(z, num_steps=3, generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(ours, theirs, atol=1e-4)
+        # the reference's training loss on the same pair is the v_diffusion loss of our decoder net
+        from tta_core.diffusion import VDiffusion
+
+        torch.manual_seed(1)
+        ref_loss = ref(x)
+        torch.manual_seed(1)
+        sigmas = torch.rand(2)
+        noise = torch.randn_like(x)
+        a, s = torch.cos(sigmas * math.pi / 2)[:, None, None], torch.sin(sigmas * math.pi / 2)[:, None, None]
+        v = ae.decoder_net(z)(a * x + s * noise, sigmas)
+        assert torch.allclose(ref_loss, torch.nn.functional.mse_loss(v, a * noise - s * x), atol=1e-5)
+        ddim = ae.decode(z, steps=3, sampler=DDIM(), generator=torch.Generator().manual_seed(0))
+    assert ddim.shape == ours.shape == (2, 1, 2048) and torch.isfinite(ddim).all()
+    assert not torch.allclose(ddim, ours)
+    again = ae.decode(z, steps=3, sampler=VSampler(), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again, ours)

@@ -9,3 +9,4 @@ _P = "tta_mousai"
 @hookimpl
 def tta_register(register):
     register("denoiser", "unet1d", f"{_P}.unet1d:UNet1D")
+    register("autoencoder", "diffae", f"{_P}.diffae:DiffAE")

@@ -23,8 +23,10 @@ import torch
 
 from tta_core.interfaces import Conditioning
 
+from .rebuild import RebuildOnCopy
 
-class UNet1D(torch.nn.Module):
+
+class UNet1D(RebuildOnCopy, torch.nn.Module):
     def __init__(
         self,
         in_channels: int = 32,
@@ -70,21 +72,6 @@ class UNet1D(torch.nn.Module):
         # the plugin's learned null: one vector per position
         self._null_table = next(m for m in self.net.modules() if isinstance(m, torch.nn.Embedding)
                                 and m.num_embeddings == embedding_max_length and m.embedding_dim == embedding_features)
-
-    def __deepcopy__(self, memo: dict) -> "UNet1D":
-        """a-unet's modules run closures over the submodules they were built with, which
-        deepcopy does not rebind (a copy would compute with the original's weights: EMA
-        copies are made this way). Rebuild from the arguments and copy the state instead."""
-        param = next(self.parameters())
-        with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the RNG as it was
-            new = type(self)(**self._args)
-        new.to(device=param.device, dtype=param.dtype)
-        new.load_state_dict(self.state_dict())
-        for mine, theirs in zip(self.parameters(), new.parameters()):
-            theirs.requires_grad_(mine.requires_grad)
-        new.train(self.training)
-        memo[id(self)] = new
-        return new
 
     def null(self, batch: int) -> Conditioning:
         """The learned unconditional input: [batch, embedding_max_length, embedding_features]."""

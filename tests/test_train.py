@@ -289,3 +289,13 @@ def test_two_processes_match_one_with_the_same_total_batch(toy, tmp_path):
     assert cli.stdout.count("stage 'fit': step 8") == 2  # both ranks ran it
     via_cli = final(tmp_path / "cli")[1]
     assert all(torch.equal(via_cli[k], saved[k]) for k in saved)
+
+
+def test_stages_with_different_precisions_run_in_one_invocation(toy, tmp_path):
+    text = toy.read_text()
+    second = text[text.index("  - name: fit"):].replace("name: fit", "name: again").replace("    max_steps: 8",
+                                                                                           "    max_steps: 2")
+    toy.write_text(text.replace("    max_steps: 8", "    max_steps: 2\n    precision: fp32")
+                   + second.replace("    log_every: 1", "    log_every: 1\n    precision: bf16"))
+    assert train(toy, tmp_path / "run") == 0
+    assert latest_checkpoint(tmp_path / "run/again/checkpoints").step == 2

@@ -107,6 +107,12 @@ class Trainer:
         cpu = self.device_name == "cpu" or (self.device_name in (None, "auto") and not torch.cuda.is_available())
         if self.device_name not in (None, "auto", "cpu", "cuda") and not str(self.device_name).startswith("cuda"):
             raise UsageError(f"--device takes cpu, cuda or auto, got {self.device_name!r}")
+        from accelerate.state import AcceleratorState
+
+        # one process runs stage after stage, each with its own precision: accelerate keeps
+        # the first Accelerator's settings process-wide unless told to forget them (the
+        # distributed set-up, PartialState, is kept)
+        AcceleratorState._reset_state()
         return Accelerator(cpu=cpu, mixed_precision=_PRECISION[self.precision])
 
     def _earlier_stages(self) -> list[str]:

@@ -106,6 +106,19 @@ class DiffAE(RebuildOnCopy, torch.nn.Module):
             return self.net(x, time=t.to(x.dtype), channels=channels)
         return net
 
+    def forward(self, wave: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The training loss (audio-diffusion-pytorch's ``DiffusionAE.forward``): the
+        v-diffusion loss of the decoder on ``wave`` [B, in_channels, N], conditioned on the
+        wave's own latent, so encoder and decoder learn together. Called through the module
+        (not a method) so distributed training synchronises its gradients."""
+        from tta_core.diffusion import VDiffusion
+
+        target = self.latent_shape(wave.shape[-1])[1] * self.latent_factor
+        if wave.shape[-1] < target:
+            wave = torch.nn.functional.pad(wave, (0, target - wave.shape[-1]))
+        latent = self.encoder(wave)
+        return VDiffusion().loss(self.decoder_net(latent), wave, None, generator=generator)
+
     @torch.no_grad()
     def decode(self, latent: torch.Tensor, steps: int | None = None, sampler: Any = None,
                generator: torch.Generator | None = None) -> torch.Tensor:

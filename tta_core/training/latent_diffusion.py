@@ -31,10 +31,19 @@ from ..interfaces import Conditioning, unconditional
 
 def select(cond: Conditioning, other: Conditioning, take_other: torch.Tensor) -> Conditioning:
     """Per item, ``other`` where ``take_other`` [B] is True, else ``cond`` (token lengths
-    padded to match)."""
-    both = Conditioning.cat([cond, other])
+    padded to match). A field ``other`` lacks (a denoiser's learned null carries tokens
+    only) stays as ``cond`` has it."""
+    shared = [n for n in ("tokens", "pooled") if getattr(cond, n) is not None and getattr(other, n) is not None]
+
+    def only_shared(c: Conditioning) -> Conditioning:
+        fields = {n: getattr(c, n) for n in shared}
+        if "tokens" in shared:
+            fields["mask"] = c.mask
+        return Conditioning(**fields)
+
+    both = Conditioning.cat([only_shared(cond), only_shared(other)])
     b = cond.batch_size
-    out = {}
+    out = {n: getattr(cond, n) for n in ("tokens", "mask", "pooled")}
     for name in ("tokens", "mask", "pooled"):
         t = getattr(both, name)
         if t is None:

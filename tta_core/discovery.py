@@ -142,9 +142,35 @@ def _mark_broken(record: PluginRecord, registry: Registry, exc: BaseException, w
     registry.unavailable[record.name] = "failed to load"
 
 
+def unsupported(obj: Any, version: str | None = None) -> str | None:
+    """Why a plugin cannot load with this tta (None when it can): its module-level
+    ``tta_requires`` (a PEP 440 specifier such as ``">=0.1,<0.2"``) excludes this version."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    from . import __version__
+
+    wanted = getattr(obj, "tta_requires", None)
+    if wanted is None:
+        return None
+    version = version or __version__
+    try:
+        spec = SpecifierSet(str(wanted))
+    except InvalidSpecifier:
+        return f"its tta_requires {wanted!r} is not a version specifier (e.g. '>=0.1,<0.2')"
+    if spec.contains(version, prereleases=True):
+        return None
+    return f"it supports tta {wanted}, and this is tta {version}: install a version of the plugin made for it"
+
+
 def _register(manager: pluggy.PluginManager, registry: Registry, record: PluginRecord, obj) -> None:
     origin = Origin(record.name, record.distribution, record.version, record.value)
     staged: list[Entry] = []
+    why = unsupported(obj)
+    if why:
+        record.status = f"broken: unsupported tta version: {why}"
+        record.details = record.status
+        registry.unavailable[record.name] = "unsupported tta version"
+        return
 
     def register(kind: str, name: str, factory: Any) -> None:
         entry = registry.check_new(kind, name, factory, origin)

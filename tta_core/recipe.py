@@ -71,12 +71,14 @@ Number = float  # ints are accepted where a float is annotated
 SECTIONS: dict[str, Any] = {
     "name": str,
     "description": str,
+    "run_dir": str,  # relative to the recipe file's folder; default runs/<name>
     # tta_core.data.config.AudioConfig reads this section; a test keeps the two in step.
     "audio": {
         "sample_rate": int,
         "duration": Number,
         "min_duration": Number,
         "normalize": bool,
+        "channels": int,
         "on_bad_item": typing.Literal["skip", "fail"],
         "mel": {"n_fft": int, "hop": int, "win": int, "n_mels": int, "fmin": Number, "fmax": Number},
     },
@@ -90,6 +92,7 @@ SECTIONS: dict[str, Any] = {
         "guidance_rescale": Number,  # phi of diffusers' rescale_noise_cfg, 0..1
         "guidance_interval": tuple[Number, Number],  # guide only where sigma is in [lo, hi]
         "negative": str,
+        "decode_steps": int,
         "seed": int,
         "duration": Number,
         "batch_size": int,

@@ -26,6 +26,7 @@ KINDS: dict[str, str] = {
     "objective": "a training stage: what it trains, its losses and optimizers",
     "dataset": "reads a dataset's metadata into captioned audio items",
     "embedder": "embeds audio (and text) for evaluation metrics",
+    "importer": "reads weights trained elsewhere into a run directory (tta-run import)",
 }
 
 

@@ -37,8 +37,19 @@ def stages_training(recipe: Any, name: str) -> list[str]:
             if isinstance(s, Mapping) and name in (s.get("trains") or [])]
 
 
-def default_run_dir(recipe_name: str) -> Path:
-    return Path("runs") / recipe_name
+def default_run_dir(recipe: Any) -> Path:
+    """The recipe's ``run_dir:`` (a relative one is taken from the recipe file's folder, so a
+    run directory can hold its own recipe), else ``runs/<recipe name>``. ``recipe`` is a
+    Recipe, or a recipe name."""
+    if isinstance(recipe, str):
+        return Path("runs") / recipe
+    value = recipe.get("run_dir")
+    if value:
+        path = Path(value).expanduser()
+        if not path.is_absolute() and getattr(recipe, "path", None):
+            path = Path(recipe.path).parent / path
+        return path
+    return Path("runs") / recipe.name
 
 
 def weights_file(component: str, ema: bool = False) -> str:

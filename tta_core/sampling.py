@@ -166,6 +166,7 @@ class SampleSettings:
     duration: float
     batch_size: int
     negative: str | Sequence[str] | None = None
+    decode_steps: int | None = None  # diffusion autoencoders: steps of their decoding
 
 
 @dataclass
@@ -175,7 +176,7 @@ class Batch:
     prompts: list[str]
     negatives: list[str]
     seed: int
-    waves: torch.Tensor  # [B, N] float32 on the CPU
+    waves: torch.Tensor  # [B, N] float32 on the CPU; [B, C, N] when audio.channels is C > 1
     indices: list[int]  # position of each item in the flat list of requested outputs
 
 
@@ -226,9 +227,11 @@ class Pipeline:
     def settings(self, *, steps: int | None = None, guidance: float | None = None,
                  guidance_rescale: float | None = None, guidance_interval: Sequence[float] | None = None,
                  sampler: str | Mapping | None = None, seed: int | None = None, duration: float | None = None,
-                 batch_size: int | None = None, negative: str | Sequence[str] | None = None) -> "SampleSettings":
+                 batch_size: int | None = None, negative: str | Sequence[str] | None = None,
+                 decode_steps: int | None = None) -> "SampleSettings":
         """Options given here, else the recipe's ``sample:`` values, else the defaults
-        (50 steps, guidance 1, ddim, seed 0, the audio duration, batches of 8)."""
+        (50 steps, guidance 1, ddim, seed 0, the audio duration, batches of 8; a diffusion
+        autoencoder's own ``decode_steps``)."""
         d = self.defaults
 
         def pick(value: Any, key: str, default: Any) -> Any:
@@ -248,9 +251,16 @@ class Pipeline:
             duration=float(pick(duration, "duration", self.audio.duration)),
             batch_size=int(pick(batch_size, "batch_size", 8)),
             negative=pick(negative, "negative", None),
+            decode_steps=pick(decode_steps, "decode_steps", None),
         )
         if out.steps < 1 or out.batch_size < 1 or out.duration <= 0:
             raise UsageError("steps and batch_size must be at least 1, and duration positive")
+        if out.decode_steps is not None:
+            if not _takes(self.autoencoder.decode, "steps"):
+                raise UsageError(f"decode_steps: the autoencoder '{self.roles['autoencoder']}' decodes in one "
+                                 "pass (only diffusion autoencoders such as diffae take decoding steps)")
+            if int(out.decode_steps) < 1:
+                raise UsageError(f"decode_steps must be at least 1, got {out.decode_steps}")
         return out
 
     def length_for(self, duration: float) -> int:
@@ -274,7 +284,8 @@ class Pipeline:
 
         Options as :meth:`batches`: n, progress, and those of :meth:`settings`
         (steps, guidance, guidance_rescale, guidance_interval, sampler, seed, duration,
-        batch_size, negative).
+        batch_size, negative, decode_steps). With ``audio.channels`` C > 1 the waveforms
+        are [len(texts) * n, C, N].
         """
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
@@ -290,7 +301,7 @@ class Pipeline:
         Options (or one ``settings``): steps, guidance, guidance_rescale, guidance_interval,
         sampler, seed, duration, batch_size, negative: a prompt (or one per text) whose
         conditioning replaces the unconditional half of guidance ("" or None:
-        ``conditioner.null``).
+        ``conditioner.null``), decode_steps (diffusion autoencoders).
         """
         st = settings if settings is not None else self.settings(**options)
         if n < 1:
@@ -310,12 +321,13 @@ class Pipeline:
             prompts = [texts[i] for i, _ in chunk]
             negs = [negatives[i] for i, _ in chunk]
             waves = self._batch(prompts, negs, st.seed + k, sample, schedule, st.guidance, length, samples,
-                                progress=progress, label=f"batch {k + 1}/{total}")
+                                progress=progress, label=f"batch {k + 1}/{total}", decode_steps=st.decode_steps)
             yield Batch(prompts, negs, st.seed + k, waves, list(range(start, start + len(chunk))))
 
     @torch.no_grad()
     def _batch(self, prompts: list[str], negatives: list[str], seed: int, sample: Any, schedule: torch.Tensor,
-               guide: Guidance, length: int, samples: int, *, progress: bool, label: str) -> torch.Tensor:
+               guide: Guidance, length: int, samples: int, *, progress: bool, label: str,
+               decode_steps: int | None = None) -> torch.Tensor:
         device, batch = self.device, len(prompts)
         cond = self.conditioner.encode_text(prompts).to(device)
         uncond = self._uncond(negatives).to(device) if guide.active else None
@@ -331,13 +343,16 @@ class Pipeline:
             if bar is not None:
                 bar.close()
         decode_kwargs = {"generator": generator} if _takes(self.autoencoder.decode, "generator") else {}
+        if decode_steps is not None:
+            decode_kwargs["steps"] = int(decode_steps)
         decoded = self.autoencoder.decode(latent, **decode_kwargs)
         wave = self.vocoder(decoded) if self.autoencoder.domain == "mel" else decoded
-        wave = wave.reshape(batch, -1).float().cpu()
-        if wave.shape[1] < samples:
-            raise TtaError(f"the decoder gave {wave.shape[1]} samples for a {samples}-sample request: "
+        channels = self.audio.channels
+        wave = (wave.reshape(batch, channels, -1) if channels > 1 else wave.reshape(batch, -1)).float().cpu()
+        if wave.shape[-1] < samples:
+            raise TtaError(f"the decoder gave {wave.shape[-1]} samples for a {samples}-sample request: "
                            f"its latent_shape({length}) does not match what decode returns")
-        return wave[:, :samples]
+        return wave[..., :samples]
 
     def _uncond(self, negatives: list[str]) -> Conditioning:
         null = unconditional(self.denoiser, self.conditioner)
@@ -408,7 +423,7 @@ def load_pipeline(recipe: str | os.PathLike | Recipe, *, run_dir: str | os.PathL
                   ema: bool = True, overrides: Sequence[str] = (), registry: Any = None) -> Pipeline:
     """Build a recipe's sample graph and load its trained weights.
 
-    ``run_dir`` defaults to ``runs/<recipe name>``; ``ckpt`` is one checkpoint folder to
+    ``run_dir`` defaults to the recipe's ``run_dir:``, else ``runs/<recipe name>``; ``ckpt`` is one checkpoint folder to
     take weights from first; ``ema=False`` loads the raw weights instead of the EMA copy;
     ``precision`` (fp32, bf16, fp16) runs the denoiser under autocast.
     """
@@ -434,10 +449,15 @@ def load_pipeline(recipe: str | os.PathLike | Recipe, *, run_dir: str | os.PathL
     if autoencoder.domain == "mel" and "vocoder" not in built:
         raise UsageError(f"autoencoder '{roles['autoencoder']}' decodes to mel, and the recipe has no vocoder "
                          "in components: to turn mel into audio")
+    from .data.audio import channels_problem
+
+    problem = channels_problem(autoencoder, audio.channels)
+    if problem:
+        raise UsageError(problem)
     if autoencoder.domain == "waveform":
         built.pop("vocoder", None)
         roles.pop("vocoder", None)
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe.name)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(recipe)
     named = {roles[role]: c for role, c in built.items()}
     weights = load_weights_for(named, recipe, run_dir, ckpt=ckpt, ema=ema)
     dev = pick_device(device)

@@ -8,6 +8,12 @@ pad 0, eos 1) that needs no vocabulary file.
 Conditioning: tokens [B, L, d_model] (padding masked), mask [B, L], and pooled [B, d_model],
 the masked mean of the tokens, for denoisers that also take a vector. ``null(B)`` is the
 encoding of the empty prompt, which caption dropout trains the model to treat as "no text".
+
+``padding: max_length`` encodes as audio-diffusion-pytorch's ``T5Embedder`` (the bird-sound
+repository's and Mousai's text encoder): every prompt padded to ``max_length`` tokens, and the
+encoder's outputs at the pad positions kept as content (mask all true), which is what models
+trained with it saw. The default, ``longest``, pads to the batch's longest prompt and zeroes
+and masks the padding.
 """
 
 from __future__ import annotations
@@ -31,14 +37,14 @@ class ByteTokenizer:
     vocab_size = 259
     pad_id, eos_id = 0, 1
 
-    def __call__(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __call__(self, texts: list[str], max_length: int, pad_to_max: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
         rows, truncated = [], 0
         for text in texts:
             ids = [b + 3 for b in text.encode("utf-8")]
             if len(ids) > max_length - 1:
                 ids, truncated = ids[: max_length - 1], truncated + 1
             rows.append(ids + [self.eos_id])
-        length = max(len(r) for r in rows)
+        length = max_length if pad_to_max else max(len(r) for r in rows)
         ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
         for i, row in enumerate(rows):
             ids[i, : len(row)] = torch.tensor(row)
@@ -51,13 +57,16 @@ class T5Conditioner(torch.nn.Module):
         pretrained: str | None = None,
         config: Mapping[str, Any] | None = None,
         max_length: int = 128,
+        padding: str = "longest",
     ):
         super().__init__()
         if (pretrained is None) == (config is None):
             raise ValueError("t5: give exactly one of pretrained: (hub id or folder) or config: (a new small T5)")
+        if padding not in ("longest", "max_length"):
+            raise ValueError(f"t5: padding is 'longest' or 'max_length', got {padding!r}")
         from transformers import T5Config, T5EncoderModel
 
-        self.max_length = max_length
+        self.max_length, self.padding = max_length, padding
         if pretrained is not None:
             from transformers import AutoTokenizer
 
@@ -89,11 +98,12 @@ class T5Conditioner(torch.nn.Module):
 
     def _tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.bytes is not None:
-            ids, mask, truncated = self.bytes(texts, self.max_length)
+            ids, mask, truncated = self.bytes(texts, self.max_length, self.padding == "max_length")
         else:
             full = self.tokenizer(texts, padding=True, return_tensors="pt")
             truncated = int((full.attention_mask.sum(1) > self.max_length).sum())
-            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            enc = self.tokenizer(texts, padding=True if self.padding == "longest" else "max_length", truncation=True,
+                                 max_length=self.max_length, return_tensors="pt")
             ids, mask = enc.input_ids, enc.attention_mask.bool()
             if ids.shape[1] == 0:  # "" with a tokenizer that appends no </s>: one end token
                 end = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else self.tokenizer.pad_token_id
@@ -109,8 +119,10 @@ class T5Conditioner(torch.nn.Module):
         ids, mask = self._tokenize(list(texts))
         ids, mask = ids.to(device), mask.to(device)
         tokens = self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        pooled = (tokens * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        if self.padding == "max_length":  # T5Embedder's: the pad positions' outputs are content
+            return Conditioning(tokens=tokens, mask=torch.ones_like(mask), pooled=pooled)
         tokens = tokens * mask[..., None]
-        pooled = tokens.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         return Conditioning(tokens=tokens, mask=mask, pooled=pooled)
 
     def null(self, batch: int) -> Conditioning:

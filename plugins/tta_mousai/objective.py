@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from tta_core.data.audio import channels_problem, with_channels
 from tta_core.errors import UsageError
 
 
@@ -21,6 +22,9 @@ class DiffAETraining:
                              "list it in trains")
         if getattr(ctx.unwrap(self.name), "domain", None) != "waveform":
             raise UsageError(f"diffae trains a waveform autoencoder; '{self.name}' works on mels")
+        problem = channels_problem(ctx.unwrap(self.name), ctx.audio.channels)
+        if problem:
+            raise UsageError(problem)
         self.ae = ctx.components[self.name]  # wrapped when distributed: call it, do not reach inside
 
     def train_dataset(self, ctx: Any) -> Any:
@@ -37,7 +41,7 @@ class DiffAETraining:
         return {"main": [p for p in ctx.unwrap(self.name).parameters() if p.requires_grad]}
 
     def losses(self, batch: dict, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        return {"main": self.ae(batch["wave"][:, None], generator=generator)}
+        return {"main": self.ae(with_channels(batch["wave"]), generator=generator)}
 
     @torch.no_grad()
     def validate(self, ctx: Any, out_dir: Any) -> dict:
@@ -57,16 +61,16 @@ class DiffAETraining:
         was_training = ae.training
         ae.eval()
         try:
-            wave = batch["wave"].to(ctx.device)[:, None]
+            wave = with_channels(batch["wave"].to(ctx.device))
             generator = torch.Generator(ctx.device).manual_seed(0)
             recon = ae.decode(ae.encode(wave), steps=self.validate_steps, generator=generator)[..., : wave.shape[-1]]
         finally:
             ae.train(was_training)
         out_dir.mkdir(parents=True, exist_ok=True)
         rate = ctx.audio.sample_rate
-        for i, (a, b) in enumerate(zip(wave[:, 0].cpu(), recon[:, 0].float().cpu())):
-            soundfile.write(out_dir / f"{i:02d}-original.wav", a.clamp(-1, 1).numpy(), rate, subtype="PCM_16")
-            soundfile.write(out_dir / f"{i:02d}-reconstruction.wav", b.clamp(-1, 1).numpy(), rate, subtype="PCM_16")
-            save_spectrogram(out_dir / f"{i:02d}-reconstruction.png", b, rate, ctx.audio,
+        for i, (a, b) in enumerate(zip(wave.cpu(), recon.float().cpu())):  # [C, N] each
+            soundfile.write(out_dir / f"{i:02d}-original.wav", a.clamp(-1, 1).T.numpy(), rate, subtype="PCM_16")
+            soundfile.write(out_dir / f"{i:02d}-reconstruction.wav", b.clamp(-1, 1).T.numpy(), rate, subtype="PCM_16")
+            save_spectrogram(out_dir / f"{i:02d}-reconstruction.png", b.mean(0), rate, ctx.audio,
                              f"reconstruction of {batch['id'][i]}")
         return {"wave_l1": float((recon - wave).abs().mean())}

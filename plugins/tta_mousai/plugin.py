@@ -11,3 +11,4 @@ def tta_register(register):
     register("denoiser", "unet1d", f"{_P}.unet1d:UNet1D")
     register("autoencoder", "diffae", f"{_P}.diffae:DiffAE")
     register("objective", "diffae", f"{_P}.objective:DiffAETraining")
+    register("importer", "diffae-birds", f"{_P}.importer:BirdsImporter")

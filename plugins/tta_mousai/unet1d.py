@@ -69,9 +69,14 @@ class UNet1D(RebuildOnCopy, torch.nn.Module):
             modulation_features=modulation_features,
         )
         self.multiple = math.prod(factors)
-        # the plugin's learned null: one vector per position
-        self._null_table = next(m for m in self.net.modules() if isinstance(m, torch.nn.Embedding)
-                                and m.num_embeddings == embedding_max_length and m.embedding_dim == embedding_features)
+        # the plugin's learned null, one vector per position: found by name, so that the
+        # state dict holds it once, under the reference's name
+        self._null_name = next(name for name, m in self.net.named_modules() if isinstance(m, torch.nn.Embedding)
+                               and m.num_embeddings == embedding_max_length and m.embedding_dim == embedding_features)
+
+    @property
+    def _null_table(self) -> torch.nn.Embedding:
+        return self.net.get_submodule(self._null_name)
 
     def null(self, batch: int) -> Conditioning:
         """The learned unconditional input: [batch, embedding_max_length, embedding_features]."""

@@ -113,8 +113,11 @@ def _eval(args: argparse.Namespace) -> int:
         raise UsageError("choose what to evaluate: --adherence (more metrics come with the evaluation layer)")
     recipe = load_recipe(args)
     registry = load_plugins(args).registry
-    audio = AudioConfig.from_mapping(recipe.get("audio"))
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe.name)
+    import dataclasses
+
+    # the metrics read the mono mix
+    audio = dataclasses.replace(AudioConfig.from_mapping(recipe.get("audio")), channels=1)
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)
     feats, labels, captions, by_label = _reference(recipe, registry, audio, args.reference_per_label, args.seed)
     train, held = split_holdout(len(labels), 0.2, args.seed)
     clf = AdherenceClassifier.fit(feats[train], [labels[i] for i in train])

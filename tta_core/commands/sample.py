@@ -35,6 +35,9 @@ def _args(p: argparse.ArgumentParser) -> None:
     how.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                      help="guide only at noise levels sigma in [LO, HI]")
     how.add_argument("--sampler", default=None, help="sampler name (ddim, ddpm, vsampler, ...)")
+    how.add_argument("--decode-steps", type=int, default=None, metavar="N",
+                     help="diffusion autoencoders (diffae): decoding steps (default: sample.decode_steps, "
+                          "else the autoencoder's decode_steps)")
     how.add_argument("--seed", type=int, default=None, help="seed of the first batch; batch k uses seed + k")
     how.add_argument("--batch-size", type=int, default=None, help="outputs per batch (default 8)")
     where = p.add_argument_group("weights and output")
@@ -135,7 +138,7 @@ def _sample(args: argparse.Namespace) -> int:
         raise UsageError("--n must be at least 1")
     recipe = load_recipe(args)
     registry = load_plugins(args).registry
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe.name)
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)
     pipe = load_pipeline(recipe, run_dir=run_dir, ckpt=args.ckpt, device=args.device,
                          precision=args.precision, ema=not args.no_ema, registry=registry)
     out = Path(args.out) if args.out else run_dir / "samples"
@@ -143,7 +146,8 @@ def _sample(args: argparse.Namespace) -> int:
     stems = _names(entries, args.n)
     st = pipe.settings(steps=args.steps, guidance=args.guidance, guidance_rescale=args.guidance_rescale,
                        guidance_interval=args.guidance_interval, sampler=args.sampler, seed=args.seed,
-                       duration=args.duration, batch_size=args.batch_size, negative=args.negative)
+                       duration=args.duration, batch_size=args.batch_size, negative=args.negative,
+                       decode_steps=args.decode_steps)
     manifest_path = out / "manifest.jsonl"
     rows = _read_manifest(manifest_path)
     batches = pipe.batches([prompt for _, prompt in entries], n=args.n, settings=st,
@@ -153,18 +157,19 @@ def _sample(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         new = []
         for b, (index, prompt, negative) in enumerate(zip(batch.indices, batch.prompts, batch.negatives)):
-            wave = batch.waves[b]
+            wave = batch.waves[b]  # [N], or [C, N] with several channels
             file = f"{stems[index]}.{ext}"
             data = wave.clamp(-1, 1) if subtype == "PCM_16" else wave
-            soundfile.write(out / file, data.numpy(), pipe.sample_rate, subtype=subtype, format=ext.upper())
+            soundfile.write(out / file, data.numpy().T, pipe.sample_rate, subtype=subtype, format=ext.upper())
             png = f"{stems[index]}.png"
-            save_spectrogram(out / png, wave, pipe.sample_rate, pipe.audio, prompt)
+            save_spectrogram(out / png, wave if wave.ndim == 1 else wave.mean(0), pipe.sample_rate, pipe.audio, prompt)
             new.append({
                 "file": file, "spectrogram": png, "prompt": prompt, "negative": negative,
                 "seed": batch.seed, "batch_index": b, "steps": st.steps, "guidance": st.guidance.scale,
                 "guidance_rescale": st.guidance.rescale,
                 "guidance_interval": list(st.guidance.interval) if st.guidance.interval else None,
-                "sampler": st.sampler, "duration": st.duration, "sample_rate": pipe.sample_rate,
+                "sampler": st.sampler, "decode_steps": st.decode_steps, "duration": st.duration,
+                "sample_rate": pipe.sample_rate, "channels": pipe.audio.channels,
                 "checkpoint": pipe.checkpoint, "ema": not args.no_ema,
                 "weights": {name: w.describe() for name, w in pipe.weights.items()},
                 "recipe": recipe.name, "precision": args.precision,

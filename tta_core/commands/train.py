@@ -47,7 +47,7 @@ def _train(args: argparse.Namespace) -> int:
     unknown = [s for s in chosen if s not in names]
     if unknown:
         raise UsageError(f"no stage named {', '.join(map(repr, unknown))}; stages: {', '.join(names)}")
-    run_dir = args.run_dir or default_run_dir(recipe.name)
+    run_dir = args.run_dir or default_run_dir(recipe)
     for stage in stages:
         if stage.name not in chosen:
             continue

@@ -6,7 +6,9 @@ The rules, in the order they apply (``docs/data.md`` has the table):
 - libsndfile cannot decode it, or it has 0 bytes                         -> skip ``unreadable``
 - it decodes to zero samples                                             -> skip ``empty``
 - any NaN or Inf sample (float WAVs can hold them)                       -> skip ``non_finite``
-- several channels                                                       -> mean to mono
+- ``channels: 1`` (the default) and several channels                       -> mean to mono
+- ``channels: C`` > 1: C channels are kept, a mono file is copied to each    (``mono_to_C``),
+  any other count is mixed to mono, then copied                         (``mixed_to_mono``)
 - another sample rate                                                    -> resample (torchaudio)
 - shorter than ``min_duration`` after resampling                         -> skip ``too_short``
 - ``normalize``: AudioLDM's ``x - mean; x / (max|x| + 1e-8) * 0.5`` over the whole clip
@@ -39,8 +41,9 @@ class BadAudio(Exception):
 
 @dataclass(frozen=True)
 class Clip:
-    """A whole decoded clip. wave: [N] float32 at the config's rate, mono, finite.
-    ``fixes`` names what was done to it (mixed_to_mono, resampled)."""
+    """A whole decoded clip. wave: float32 at the config's rate, finite; [N] when the config
+    has one channel, [C, N] when it has C > 1. ``fixes`` names what was done to it
+    (mixed_to_mono, mono_to_C, resampled)."""
 
     wave: torch.Tensor
     fixes: tuple[str, ...] = ()
@@ -61,26 +64,46 @@ def load_clip(path: str | os.PathLike, audio: AudioConfig) -> Clip:
         raise BadAudio("empty", path, "0 samples")
     if not np.isfinite(data).all():
         raise BadAudio("non_finite", path, f"{int((~np.isfinite(data)).sum())} NaN/Inf samples")
-    fixes = []
-    wave = torch.from_numpy(data.mean(axis=1) if data.shape[1] > 1 else data[:, 0].copy())
-    if data.shape[1] > 1:
-        fixes.append("mixed_to_mono")
+    fixes, want, have = [], audio.channels, data.shape[1]
+    if want > 1 and have == want:
+        wave = torch.from_numpy(np.ascontiguousarray(data.T))
+    else:
+        wave = torch.from_numpy(data.mean(axis=1) if have > 1 else data[:, 0].copy())
+        if have > 1:
+            fixes.append("mixed_to_mono")
+        if want > 1:
+            wave = wave[None].repeat(want, 1)
+            fixes.append(f"mono_to_{want}")
     if rate != audio.sample_rate:
         import torchaudio.functional as AF
 
         wave = AF.resample(wave, int(rate), audio.sample_rate)
         fixes.append("resampled")
-    if wave.shape[0] < audio.min_duration * audio.sample_rate or wave.shape[0] == 0:
-        raise BadAudio("too_short", path, f"{wave.shape[0] / audio.sample_rate:.3f} s < min_duration {audio.min_duration} s")
+    n = wave.shape[-1]
+    if n < audio.min_duration * audio.sample_rate or n == 0:
+        raise BadAudio("too_short", path, f"{n / audio.sample_rate:.3f} s < min_duration {audio.min_duration} s")
     if audio.normalize:
         wave = normalize(wave)
     return Clip(wave.contiguous(), tuple(fixes))
 
 
 def normalize(wave: torch.Tensor) -> torch.Tensor:
-    """AudioLDM's waveform normalisation over the last axis: zero mean, peak 0.5."""
+    """AudioLDM's waveform normalisation of a clip, [N] or [C, N]: each channel to zero
+    mean, then the whole clip to peak 0.5 (one gain for all channels keeps the balance)."""
     wave = wave - wave.mean(dim=-1, keepdim=True)
-    return wave / (wave.abs().amax(dim=-1, keepdim=True) + 1e-8) * 0.5
+    return wave / (wave.abs().amax() + 1e-8) * 0.5
+
+
+def mono(wave: torch.Tensor, channels: int = 1) -> torch.Tensor:
+    """The mono mix of a clip or batch whose config has ``channels`` channels: [N] or [B, N]
+    as they are (one channel); [C, N] -> [N] and [B, C, N] -> [B, N] (several)."""
+    return wave.mean(dim=-2) if channels > 1 else wave
+
+
+def with_channels(wave: torch.Tensor) -> torch.Tensor:
+    """A batch of waves as a waveform autoencoder takes them: [B, N] -> [B, 1, N];
+    [B, C, N] (several channels) as it is."""
+    return wave[:, None] if wave.ndim == 2 else wave
 
 
 def pad_to(wave: torch.Tensor, n: int) -> torch.Tensor:
@@ -102,6 +125,20 @@ def pick_offset(n_samples: int, audio: AudioConfig, rng: np.random.Generator | N
 
 
 def fit(wave: torch.Tensor, audio: AudioConfig, offset_frames: int = 0) -> torch.Tensor:
-    """[N_clip] -> [num_samples]: the crop starting ``offset_frames`` hops in, zero-padded."""
+    """[..., N_clip] -> [..., num_samples]: the crop starting ``offset_frames`` hops in, zero-padded."""
     start = offset_frames * audio.mel.hop
-    return pad_to(wave[start:start + audio.num_samples], audio.num_samples)
+    return pad_to(wave[..., start:start + audio.num_samples], audio.num_samples)
+
+
+def channels_problem(autoencoder, channels: int) -> str | None:
+    """Why ``autoencoder`` cannot take ``channels``-channel audio (None when it can): mel
+    autoencoders see the mono mix only; a waveform one takes its ``in_channels``."""
+    domain = getattr(autoencoder, "domain", "mel")
+    if channels > 1 and domain == "mel":
+        return (f"audio.channels is {channels}, but the autoencoder works on mels (of the mono mix): "
+                "several channels need a waveform autoencoder (diffae)")
+    have = getattr(autoencoder, "in_channels", None)
+    if domain == "waveform" and isinstance(have, int) and have != channels:
+        return (f"the autoencoder takes {have}-channel audio but audio.channels is {channels}: "
+                f"set audio.channels: {have} or the autoencoder's in_channels: {channels}")
+    return None

@@ -50,6 +50,8 @@ class AudioConfig:
 
     ``num_samples`` = duration * sample_rate samples per example, ``num_frames`` mel frames
     of ``mel.n_mels`` bins each: a training example is a wave [N] and a mel [1, T, F].
+    ``channels`` > 1 (stereo: 2) keeps that many channels in the wave, [C, N], for waveform
+    autoencoders; mels are always of the mono mix.
     """
 
     sample_rate: int = 16000
@@ -57,6 +59,7 @@ class AudioConfig:
     min_duration: float = 0.25
     normalize: bool = False
     on_bad_item: Literal["skip", "fail"] = "skip"
+    channels: int = 1
     mel: MelConfig = field(default_factory=MelConfig)
 
     @property
@@ -77,6 +80,8 @@ class AudioConfig:
         (``on_bad_item`` decides what happens to a bad file, not what a good one holds.)"""
         data = dataclasses.asdict(self)
         data.pop("on_bad_item")
+        if self.channels == 1:  # mono caches keep the keys they had before channels existed
+            data.pop("channels")
         return data
 
     def to_dict(self) -> dict:
@@ -111,6 +116,8 @@ class AudioConfig:
             out.append(f"audio.duration {self.duration} s is shorter than one STFT window ({m.n_fft} samples)")
         if self.min_duration < 0 or self.min_duration > self.duration:
             out.append(f"audio.min_duration must lie in [0, duration={self.duration}], got {self.min_duration}")
+        if not isinstance(self.channels, int) or self.channels < 1:
+            out.append(f"audio.channels must be a positive whole number (1 mono, 2 stereo), got {self.channels!r}")
         if self.on_bad_item not in ("skip", "fail"):
             out.append(f"audio.on_bad_item is 'skip' or 'fail', got {self.on_bad_item!r}")
         if not (0 < m.hop <= m.win <= m.n_fft):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .audio import BadAudio, fit, load_clip, pick_offset
+from .audio import BadAudio, fit, load_clip, mono, pick_offset
 from .cache import FeatureCache, fingerprint
 from .config import AudioConfig
 from .items import Item
@@ -83,11 +83,11 @@ class AudioTextDataset(torch.utils.data.Dataset):
                 raise DataError(f"bad item {item.id!r}: {exc} (audio.on_bad_item is 'fail')") from None
             log.warning("skipped %s: %s", item.audio, exc.reason)
             return None
-        offset = pick_offset(clip.wave.shape[0], self.audio, crop_rng)
+        offset = pick_offset(clip.wave.shape[-1], self.audio, crop_rng)
         if self.wave:
             out["wave"] = fit(clip.wave, self.audio, offset)
         if self.mel:
-            full = torch.from_numpy(cached) if cached is not None else clip_mel(clip.wave, self.audio)
+            full = torch.from_numpy(cached) if cached is not None else clip_mel(mono(clip.wave, self.audio.channels), self.audio)
             out["mel"] = full[offset:offset + T].clone()[None]
         return out
 

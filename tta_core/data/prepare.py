@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import DataError, UsageError
-from .audio import BadAudio, load_clip
+from .audio import BadAudio, load_clip, mono
 from .cache import FeatureCache, fingerprint, mel_cache
 from .config import AudioConfig
 from .items import Item, ItemSet
@@ -73,11 +73,11 @@ class _Probe:
             clip = load_clip(item.audio, self.audio)
         except BadAudio as exc:
             return {"i": i, "reason": exc.reason, "detail": exc.detail}
-        out = {"i": i, "samples": int(clip.wave.shape[0]), "fixes": list(clip.fixes)}
+        out = {"i": i, "samples": int(clip.wave.shape[-1]), "fixes": list(clip.fixes)}
         if self.with_mel:
             from .mel import clip_mel
 
-            out["mel"] = clip_mel(clip.wave, self.audio).numpy()
+            out["mel"] = clip_mel(mono(clip.wave, self.audio.channels), self.audio).numpy()
         return out
 
 

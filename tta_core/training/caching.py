@@ -28,7 +28,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..data.audio import BadAudio, load_clip, max_offset_frames, pad_to
+from ..data.audio import BadAudio, load_clip, max_offset_frames, mono, pad_to
 from ..data.cache import FeatureCache, digest, fingerprint, latent_cache, mel_cache, text_cache, text_key
 from ..data.items import Item
 from ..data.mel import clip_mel
@@ -65,15 +65,16 @@ def latent_stride(autoencoder: Any, audio: Any) -> int | None:
 
 
 def _autoencoder_input(item: Item, audio: Any, domain: str, mels: FeatureCache | None, key: str) -> torch.Tensor:
-    """The whole clip in the autoencoder's domain: log-mel [1, T, F] or wave [1, N]."""
+    """The whole clip in the autoencoder's domain: log-mel [1, T, F] or wave [C, N]."""
     if domain == "mel" and mels is not None:
         cached = mels.get(key)
         if cached is not None:
             return torch.from_numpy(np.array(cached))[None]
     wave = load_clip(item.audio, audio).wave
     if domain == "mel":
-        return clip_mel(wave, audio)[None]
-    return pad_to(wave, audio.num_samples)[None]
+        return clip_mel(mono(wave, audio.channels), audio)[None]
+    wave = pad_to(wave, audio.num_samples)
+    return wave if wave.ndim == 2 else wave[None]
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..data.audio import mono, with_channels
 from ..errors import UsageError
 from ..interfaces import Conditioning, unconditional
 
@@ -80,6 +81,11 @@ class LatentDiffusion:
         self.null = unconditional(denoiser, self.conditioner)
         if ctx.roles["autoencoder"] in ctx.trains:
             raise UsageError("latent_diffusion keeps the autoencoder frozen; train it in its own stage")
+        from ..data.audio import channels_problem
+
+        problem = channels_problem(ctx.unwrap(ctx.roles["autoencoder"]), ctx.audio.channels)
+        if problem:
+            raise UsageError(problem)
         if self.audio_conditioning and not hasattr(ctx.unwrap(ctx.roles["conditioner"]), "encode_audio"):
             raise UsageError(f"audio_conditioning: the conditioner '{ctx.roles['conditioner']}' has no audio side")
 
@@ -121,7 +127,7 @@ class LatentDiffusion:
                 return mean + std * noise
             return mean
         ae = self.autoencoder
-        x = batch["mel"] if getattr(ae, "domain", "mel") == "mel" else batch["wave"][:, None]
+        x = batch["mel"] if getattr(ae, "domain", "mel") == "mel" else with_channels(batch["wave"])
         with torch.no_grad():
             if self.sample_posterior and "sample" in _params(ae.encode):
                 return ae.encode(x, sample=True, generator=generator)
@@ -133,7 +139,8 @@ class LatentDiffusion:
             if "cond" in batch:  # from the text cache
                 cond = batch["cond"]
             elif self.audio_conditioning:
-                cond = self.conditioner.encode_audio(batch["wave"], self.ctx.audio.sample_rate)
+                cond = self.conditioner.encode_audio(mono(batch["wave"], self.ctx.audio.channels),
+                                                     self.ctx.audio.sample_rate)
             elif self.texts is not None:
                 from .caching import cached_conditioning
 

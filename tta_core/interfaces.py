@@ -211,7 +211,8 @@ class Sampler(Protocol):
     with ``x_t = alpha * x_0 + sigma * eps``; ``x_T`` is at row 0 and the result at the last
     row (the clean end (1, 0), or the small noise level a process ends at to match a
     reference). A sampler knows nothing of the process beyond these numbers, calls
-    ``denoise`` (x0 estimate) once per step, and keeps any multistep memory in local
+    ``denoise`` (x0 estimate) once per step (a single-step higher-order method such as
+    Heun's, a fixed number of times), and keeps any multistep memory in local
     variables: calling it twice gives the same result. ``generator`` feeds the noise it
     draws (``torch.randn(x.shape, generator=generator)`` on the generator's device);
     ``callback(step, total, x)`` is called after each step, step counting from 0.

@@ -54,3 +54,15 @@ def _fresh_plugins():
     discovery.reset()
     yield
     discovery.reset()
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory):
+    """A local T5 folder (d_model 16, a word-level tokenizer of w0..w149): what `pretrained:`
+    of the `t5` conditioner loads, written here instead of downloaded."""
+    from test_audioldm import _tiny_t5, _word_tokenizer
+
+    folder = tmp_path_factory.mktemp("parts") / "t5"
+    _tiny_t5(folder)
+    _word_tokenizer(folder, words=150)
+    return folder

@@ -13,8 +13,6 @@ import torch
 
 from tta_core.cli import main
 
-from test_audioldm import _tiny_t5, _word_tokenizer
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -76,11 +74,8 @@ def save_lightning(module, path, marker):
 
 
 @pytest.fixture(scope="module")
-def t5_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("t5") / "t5"
-    _tiny_t5(folder)  # d_model 16
-    _word_tokenizer(folder, words=150)
-    return folder
+def t5_folder(tiny_t5):
+    return tiny_t5  # d_model 16
 
 
 def sets(t5_folder, extra=()):

@@ -13,7 +13,6 @@ from tta_core.checkpoint import latest_checkpoint
 from tta_core.cli import main
 
 from tta_audioldm.clap import CLAPConditioner
-from test_audioldm import _tiny_t5, _word_tokenizer
 from test_clap import save_laion_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,14 +41,6 @@ def sounds(tmp_path_factory):
     out = tmp_path_factory.mktemp("sounds")
     assert main(["synth", "sounds", "--out", str(out), "--n", "16", "--seed", "0", "--duration", "1.0"]) == 0
     return out / "manifest.jsonl"
-
-
-@pytest.fixture(scope="module")
-def tiny_t5(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("parts") / "t5"
-    _tiny_t5(folder)  # d_model 16
-    _word_tokenizer(folder, words=150)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,10 @@ otherwise; nothing is written then) and writes::
     RUN_DIR/recipe.yaml          the recipe, with ``run_dir: .``
     RUN_DIR/<stage>/checkpoints/step-00000000/
         <component>.safetensors, <component>.ema.safetensors, state.json
+                                 for each component a stage trains (the last such stage)
+    RUN_DIR/weights/<component>.safetensors
+                                 for the others (a text encoder, a vocoder)
+    RUN_DIR/<files>              files the components read (a tokenizer's folder)
     RUN_DIR/imported.json        format, sources, and what went where
 
 so ``tta-run RUN_DIR/recipe.yaml sample`` samples with them (the EMA copy first, as after
@@ -22,11 +26,13 @@ The importer contract::
     class MyImporter:
         '''One line: what it reads (shown by `tta-run plugins` and `tta-run import --help`).'''
 
-        def __call__(self, sources: list[Path], *, recipe: str | None, overrides: Sequence[str],
-                     registry) -> Imported: ...
+        def __call__(self, sources: list[Path], *, out: Path, recipe: str | None,
+                     overrides: Sequence[str], registry) -> Imported: ...
 
-``recipe`` is the user's ``--recipe`` (None: the importer's own default), ``overrides``
-their ``--set KEY=VALUE`` texts, to apply to it.
+``out`` is the run directory to be (absolute; nothing is there yet: a recipe that names files
+the run will hold, a tokenizer's folder say, names them under it and lists them in
+``Imported.files``); ``recipe`` the user's ``--recipe`` (None: the importer's own default),
+``overrides`` their ``--set KEY=VALUE`` texts, to apply to it.
 
 Reading foreign files: :func:`read_tensors` loads ``.safetensors`` and PyTorch checkpoints
 (Lightning's ``.ckpt`` included) without executing anything in them. Objects of classes it
@@ -55,6 +61,7 @@ class Imported:
     ema: dict[str, dict] = field(default_factory=dict)  # component -> its EMA copy
     sources: dict[str, str] = field(default_factory=dict)  # component -> "file (prefix)"
     notes: list[str] = field(default_factory=list)  # printed and kept in imported.json
+    files: dict[str, Path] = field(default_factory=dict)  # path in the run dir -> file or folder to copy
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -161,40 +168,47 @@ def write_run(out: str | os.PathLike, imported: Imported, *, registry: Any, fmt:
               force: bool = False) -> Path:
     """Check the weights against the recipe's components and write the run directory
     (see the module docstring). Returns the recipe file's path."""
-    import torch
-
-    from .checkpoint import load_state, save_checkpoint
-    from .recipe import build, check, component_kind
-    from .runs import stages_training
+    from .recipe import check
     from .sampling import audio_config
-    from .yamlio import dump_yaml, to_plain
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise UsageError(f"{out} exists and is not empty: choose another --out, or --force to replace it")
     recipe = imported.recipe
     check(recipe, registry)
     audio = audio_config(recipe)
-    by_stage: dict[str, dict[str, dict]] = {}
-    for name, state in imported.weights.items():
-        if name not in recipe.components:
-            raise UsageError(f"the importer gave weights for '{name}', which the recipe has no component of")
-        stages = stages_training(recipe, name)
-        if not stages:
-            raise UsageError(f"no stage of the recipe trains '{name}': its weights would have no home")
-        with torch.random.fork_rng(devices=[]):
-            component = build(recipe.components[name], component_kind(recipe, name, registry), registry, audio=audio)
-        source = imported.sources.get(name, name)
-        load_state(component, state, source, strict=True)  # a readable diff when they do not fit
-        files = {name: state}
-        if name in imported.ema:
-            load_state(component, imported.ema[name], f"{source} (EMA)", strict=True)
-            files[f"{name}.ema"] = imported.ema[name]
-        by_stage.setdefault(stages[-1], {}).update(files)
-    if out.exists():
-        shutil.rmtree(out)
+    backup = None
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise UsageError(f"{out} exists and is not empty: choose another --out, or --force to replace it")
+        backup = out.with_name(f".{out.name}.replaced-{os.getpid()}")  # back in place if this fails
+        out.rename(backup)
+    elif out.exists():
+        out.rmdir()
+    try:
+        written = _write(out, imported, recipe, registry, audio, fmt)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        if backup is not None:
+            backup.rename(out)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+    (out / "imported.json").write_text(json.dumps(
+        {"format": fmt, "sources": imported.sources, "checkpoints": written, "notes": imported.notes}, indent=2))
+    return out / "recipe.yaml"
+
+
+def _write(out: Path, imported: Imported, recipe: Any, registry: Any, audio: Any, fmt: str) -> dict:
+    from .checkpoint import save_checkpoint, save_weights
+    from .yamlio import dump_yaml, to_plain
+
     out.mkdir(parents=True)
+    for rel, source in imported.files.items():  # first: the components may read them when built
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if Path(source).is_dir() else shutil.copy2)(source, target)
+    by_stage: dict[str, dict[str, dict]] = {}
+    given: dict[str, dict] = {}
+    _check(imported, recipe, registry, audio, by_stage, given)
     data = to_plain(recipe.data)
     data["run_dir"] = "."
     (out / "recipe.yaml").write_text(
@@ -206,6 +220,34 @@ def write_run(out: str | os.PathLike, imported: Imported, *, registry: Any, fmt:
                                state={"stage": stage, "imported": fmt},
                                metadata={"imported": fmt})
         written[stage] = {name: str(path / f"{name}.safetensors") for name in files}
-    (out / "imported.json").write_text(json.dumps(
-        {"format": fmt, "sources": imported.sources, "checkpoints": written, "notes": imported.notes}, indent=2))
-    return out / "recipe.yaml"
+    for name, state in given.items():
+        (out / "weights").mkdir(exist_ok=True)
+        save_weights(out / "weights" / f"{name}.safetensors", state, {"imported": fmt})
+        written.setdefault("weights", {})[name] = str(out / "weights" / f"{name}.safetensors")
+    return written
+
+
+def _check(imported: Imported, recipe: Any, registry: Any, audio: Any, by_stage: dict, given: dict) -> None:
+    """Every state dict strictly against the component the recipe builds; sorts them by home."""
+    import torch
+
+    from .checkpoint import load_state
+    from .recipe import build, component_kind
+    from .runs import stages_training
+
+    for name, state in imported.weights.items():
+        if name not in recipe.components:
+            raise UsageError(f"the importer gave weights for '{name}', which the recipe has no component of")
+        stages = stages_training(recipe, name)
+        with torch.random.fork_rng(devices=[]):
+            component = build(recipe.components[name], component_kind(recipe, name, registry), registry, audio=audio)
+        source = imported.sources.get(name, name)
+        load_state(component, state, source, strict=True)  # a readable diff when they do not fit
+        files = {name: state}
+        if name in imported.ema:
+            load_state(component, imported.ema[name], f"{source} (EMA)", strict=True)
+            files[f"{name}.ema"] = imported.ema[name]
+        if stages:
+            by_stage.setdefault(stages[-1], {}).update(files)
+        else:
+            given[name] = state

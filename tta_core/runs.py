@@ -8,6 +8,8 @@
         checkpoints/latest
         logs/                      metrics.jsonl and TensorBoard events
         samples/                   validation clips and spectrograms
+      weights/<component>.safetensors   weights of components no stage trains (an imported
+                                   text encoder or vocoder, say), used when no stage has any
 
 Weights of a component are found in the latest checkpoint of the last stage (in recipe
 order) that trains it; the EMA copy is preferred when the stage kept one.
@@ -83,6 +85,11 @@ class RunDir:
 
     def latest(self, stage: str) -> Checkpoint | None:
         return latest_checkpoint(self.checkpoints(stage))
+
+    def given_weights(self, component: str) -> Path | None:
+        """``weights/<component>.safetensors``: weights the run was given rather than trained."""
+        path = self.root / "weights" / weights_file(component)
+        return path if path.is_file() else None
 
     def find_weights(self, component: str, stages: list[str], prefer_ema: bool = True) -> FoundWeights | None:
         """The newest weights of ``component`` among ``stages`` (searched last to first)."""

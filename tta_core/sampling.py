@@ -16,8 +16,9 @@ component of that kind. The vocoder is needed only when the autoencoder's domain
 Weights (the rule, also in docs/sampling.md): a component with parameters loads the latest
 checkpoint of the last stage in ``train:`` whose ``trains:`` lists it, from
 ``<run dir>/<stage>/checkpoints/``: ``<name>.ema.safetensors`` when the stage kept an EMA
-(unless ``ema=False``), else ``<name>.safetensors``. ``ckpt=`` names one checkpoint folder
-to take weights from first. A component needs no checkpoint when it has no parameters
+(unless ``ema=False``), else ``<name>.safetensors``; else ``<run dir>/weights/<name>.safetensors``
+(weights the run was given, as ``tta-run import`` writes for parts no stage trains). ``ckpt=``
+names one checkpoint folder to take weights from first. A component needs no checkpoint when it has no parameters
 (Griffin-Lim, a process) or when its recipe node sets ``pretrained:`` (its factory loads its
 own weights; a checkpoint, when one exists, still wins). Any other component without weights
 is an error that names the stage to train, so nothing is sampled from random weights.
@@ -131,6 +132,8 @@ def load_weights_for(components: Mapping[str, Any], recipe: Recipe, run_dir: Pat
             found = run.find_weights(name, stages, prefer_ema=ema)
             if found is not None:
                 path, use_ema = found.path, found.ema
+        if path is None:
+            path = run.given_weights(name)
         if path is not None:
             load_state(component, load_weights(path), str(path))
             loaded[name] = LoadedWeights(name, path, use_ema)

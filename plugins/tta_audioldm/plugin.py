@@ -12,6 +12,8 @@ def tta_register(register):
     register("denoiser", "unet2d", f"{_P}.unet:UNet2D")
     register("conditioner", "t5", f"{_P}.t5:T5Conditioner")
     register("conditioner", "clap", f"{_P}.clap:CLAPConditioner")
+    register("conditioner", "clap_text", f"{_P}.clap_text:ClapTextConditioner")
+    register("importer", "audioldm-diffusers", f"{_P}.importer:DiffusersImporter")
     register("vocoder", "griffin_lim", f"{_P}.vocoders:GriffinLim")
     register("vocoder", "hifigan", f"{_P}.vocoders:HiFiGAN")
     register("objective", "vae_gan", f"{_P}.vae_gan:VAEGAN")

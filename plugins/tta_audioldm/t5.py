@@ -51,6 +51,33 @@ class ByteTokenizer:
         return ids, ids != self.pad_id, truncated
 
 
+class WordHashTokenizer(ByteTokenizer):
+    """Words (lower-cased runs of letters and digits) as tokens, each hashed (CRC-32) into
+    ``vocab_size - 3`` buckets after the pad, eos and unk ids: no vocabulary file, and a
+    model trained from scratch sees whole words rather than having to learn their spelling."""
+
+    def __init__(self, vocab_size: int = 4096):
+        if vocab_size < 64:
+            raise ValueError(f"t5 config.vocab_size must be at least 64, got {vocab_size}")
+        self.vocab_size = vocab_size
+
+    def __call__(self, texts: list[str], max_length: int, pad_to_max: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
+        import re
+        import zlib
+
+        rows, truncated = [], 0
+        for text in texts:
+            ids = [3 + zlib.crc32(w.encode()) % (self.vocab_size - 3) for w in re.findall(r"[a-z0-9]+", text.lower())]
+            if len(ids) > max_length - 1:
+                ids, truncated = ids[: max_length - 1], truncated + 1
+            rows.append(ids + [self.eos_id])
+        length = max_length if pad_to_max else max(len(r) for r in rows)
+        ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+        return ids, ids != self.pad_id, truncated
+
+
 class T5Conditioner(torch.nn.Module):
     def __init__(
         self,
@@ -82,8 +109,12 @@ class T5Conditioner(torch.nn.Module):
             cfg = dict(config)
             d_model = int(cfg.pop("d_model", 256))
             heads = int(cfg.pop("num_heads", 4))
+            kind = cfg.pop("tokenizer", "bytes")
+            if kind not in ("bytes", "words"):
+                raise ValueError(f"t5 config.tokenizer is 'bytes' or 'words', got {kind!r}")
+            tokenizer = ByteTokenizer() if kind == "bytes" else WordHashTokenizer(int(cfg.pop("vocab_size", 4096)))
             self.encoder = T5EncoderModel(T5Config(
-                vocab_size=ByteTokenizer.vocab_size, d_model=d_model, num_heads=heads,
+                vocab_size=tokenizer.vocab_size, d_model=d_model, num_heads=heads,
                 d_kv=int(cfg.pop("d_kv", d_model // heads)), d_ff=int(cfg.pop("d_ff", 4 * d_model)),
                 num_layers=int(cfg.pop("num_layers", cfg.pop("layers", 2))),
                 dropout_rate=float(cfg.pop("dropout", 0.0)), pad_token_id=0, eos_token_id=1,
@@ -91,8 +122,8 @@ class T5Conditioner(torch.nn.Module):
             ))
             if cfg:
                 raise ValueError(f"t5 config: unknown keys {sorted(cfg)}; known: d_model, num_heads, d_kv, d_ff, "
-                                 "num_layers, dropout")
-            self.bytes = ByteTokenizer()
+                                 "num_layers, dropout, tokenizer (bytes or words), vocab_size (words)")
+            self.bytes = tokenizer
         self.width = self.encoder.config.d_model
         self._warned = False
 

@@ -8,6 +8,11 @@ Conditioning (tta_core.interfaces.Conditioning):
 - both at once.
 Latents whose height or width is not a multiple of 2 ** (levels - 1) are padded and the
 output cropped back.
+
+``diffusers_config``: a whole UNet2DConditionModel configuration (a diffusers ``unet/config.json``,
+as ``tta-run import audioldm-diffusers`` writes it into the recipe) builds that network
+exactly; ``cross_attention_dim`` / ``pooled_dim`` still say which conditioning it takes, and
+the structural arguments (channels, levels, heads) are then not used.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class UNet2D(torch.nn.Module):
         head_dim: int = 32,  # channels per attention head
         norm_groups: int = 32,
         gradient_checkpointing: bool = False,
+        diffusers_config: dict | None = None,
     ):
         super().__init__()
         from diffusers import UNet2DConditionModel
@@ -39,6 +45,11 @@ class UNet2D(torch.nn.Module):
         channels = tuple(channels)
         if cross_attention_dim is None and pooled_dim is None:
             raise ValueError("unet2d needs cross_attention_dim (token conditioning), pooled_dim (pooled), or both")
+        if diffusers_config is not None:
+            self.unet = UNet2DConditionModel.from_config(dict(diffusers_config))
+            self._finish(cross_attention_dim, pooled_dim, len(self.unet.config.block_out_channels),
+                         gradient_checkpointing)
+            return
         attention = tuple(attention_levels) if attention_levels is not None else (True,) * len(channels)
         if len(attention) != len(channels):
             raise ValueError(f"unet2d: attention_levels has {len(attention)} entries for {len(channels)} levels")
@@ -58,11 +69,14 @@ class UNet2D(torch.nn.Module):
             projection_class_embeddings_input_dim=pooled_dim,
             class_embeddings_concat=pooled_concat,
         )
+        self._finish(cross_attention_dim, pooled_dim, len(channels), gradient_checkpointing)
+
+    def _finish(self, cross_attention_dim, pooled_dim, levels: int, gradient_checkpointing: bool) -> None:
         self.unet.set_attn_processor(_attention_processor())
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.cross_attention_dim, self.pooled_dim = cross_attention_dim, pooled_dim
-        self.multiple = 2 ** (len(channels) - 1)
+        self.multiple = 2 ** (levels - 1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         h, w = x.shape[-2:]

@@ -4,6 +4,10 @@ log-mel [B, 1, T, F] -> latent [B, C, T / r, F / r] with r = 2 ** (len(channels)
 The latent is scaled by ``scale_factor`` (AudioLDM's scale-by-std: 1 / std of the latents,
 estimated from data while the VAE trains), a buffer saved with the weights, so a latent
 diffusion model sees unit-variance latents whatever VAE it sits on.
+
+``diffusers_config``: a whole AutoencoderKL configuration (a diffusers ``vae/config.json``)
+builds that network exactly, its ``scaling_factor`` as the scale (``tta-run import
+audioldm-diffusers`` writes it into the recipe).
 """
 
 from __future__ import annotations
@@ -24,21 +28,30 @@ class KLVAE(torch.nn.Module):
         norm_groups: int = 32,
         mid_attention: bool = True,
         scale_factor: float = 1.0,
+        diffusers_config: dict | None = None,
         audio=None,
     ):
         super().__init__()
         from diffusers import AutoencoderKL
 
+        if diffusers_config is not None:  # a diffusers vae/config.json decides the structure
+            cfg = dict(diffusers_config)
+            channels = tuple(cfg.get("block_out_channels", channels))
+            latent_channels = int(cfg.get("latent_channels", latent_channels))
+            scale_factor = float(cfg.get("scaling_factor", scale_factor))
         channels = tuple(channels)
         if any(c % norm_groups for c in channels):
             raise ValueError(f"kl_vae: every channel count must be a multiple of norm_groups={norm_groups}, got {channels}")
-        self.vae = AutoencoderKL(
-            in_channels=1, out_channels=1, latent_channels=latent_channels,
-            down_block_types=("DownEncoderBlock2D",) * len(channels),
-            up_block_types=("UpDecoderBlock2D",) * len(channels),
-            block_out_channels=channels, layers_per_block=layers_per_block,
-            norm_num_groups=norm_groups, mid_block_add_attention=mid_attention,
-        )
+        if diffusers_config is not None:
+            self.vae = AutoencoderKL.from_config(dict(diffusers_config))
+        else:
+            self.vae = AutoencoderKL(
+                in_channels=1, out_channels=1, latent_channels=latent_channels,
+                down_block_types=("DownEncoderBlock2D",) * len(channels),
+                up_block_types=("UpDecoderBlock2D",) * len(channels),
+                block_out_channels=channels, layers_per_block=layers_per_block,
+                norm_num_groups=norm_groups, mid_block_add_attention=mid_attention,
+            )
         self.latent_channels = latent_channels
         self.ratio = 2 ** (len(channels) - 1)
         self.n_mels = audio.mel.n_mels if audio is not None else 64

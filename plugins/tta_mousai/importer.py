@@ -53,7 +53,7 @@ def is_ema(prefix: str) -> bool:
 class BirdsImporter:
     """the bird-sound Audio Diffusion repository: Lightning checkpoints of DMAE / DiffGen (EMA taken), or DiffusionAE / DiffusionModel state dicts"""
 
-    def __call__(self, sources: Sequence[Path], *, recipe: str | None, overrides: Sequence[str],
+    def __call__(self, sources: Sequence[Path], *, out: Path, recipe: str | None, overrides: Sequence[str],
                  registry: Any) -> Any:
         import torch
 

@@ -44,8 +44,8 @@ def _import(args: argparse.Namespace) -> int:
     if not args.out:
         raise UsageError("import: say where the run directory goes with --out RUN_DIR")
     importer = registry.get("importer", args.format).build()
-    imported = importer([Path(s) for s in args.sources], recipe=args.recipe, overrides=args.overrides,
-                        registry=registry)
+    imported = importer([Path(s) for s in args.sources], out=Path(args.out).resolve(), recipe=args.recipe,
+                        overrides=args.overrides, registry=registry)
     recipe_file = write_run(args.out, imported, registry=registry, fmt=args.format, force=args.force)
     for name, source in imported.sources.items():
         print(f"{name}: {source}" + (" + EMA" if name in imported.ema else ""))

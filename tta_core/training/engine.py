@@ -138,6 +138,10 @@ class Trainer:
             if found is not None:
                 load_state(module, found.load(), str(found.path), strict=True)
                 log.info("%s: weights from stage '%s' (%s)", name, found.stage, "EMA" if found.ema else "raw")
+            elif self.run.given_weights(name) is not None:
+                path = self.run.given_weights(name)
+                load_state(module, load_weights(path), str(path), strict=True)
+                log.info("%s: weights from %s", name, path)
             elif name in self.stage.frozen and "pretrained" not in self.recipe.components[name]:
                 stages = [s for s in earlier if s in stages_training(self.recipe, name)]
                 hint = (f"train it first: tta-run {self.recipe.path} train --stage {stages[-1]}"

@@ -66,6 +66,20 @@ def test_t5_from_config_masks_and_truncates(caplog):
     assert "truncated" in caplog.text
 
 
+def test_t5_from_config_over_hashed_words_sees_words_not_spelling():
+    torch.manual_seed(0)
+    t5 = T5Conditioner(config={"d_model": 16, "num_layers": 1, "num_heads": 2, "tokenizer": "words",
+                               "vocab_size": 512}, max_length=8)
+    check_conditioner(t5)
+    ids, mask, _ = t5.bytes(["A dog, barks!", "a dog barks", "a cat barks"], 8)
+    assert mask.sum(1).tolist() == [4, 4, 4]  # three words and the end token
+    assert torch.equal(ids[0], ids[1]) and ids[2, 1] != ids[1, 1] and torch.equal(ids[2, 2:], ids[1, 2:])
+    out = t5.encode_text(["A dog, barks!", "a dog barks"])
+    assert torch.allclose(out.tokens[0], out.tokens[1])  # case and punctuation do not change the words
+    with pytest.raises(ValueError, match="tokenizer"):
+        T5Conditioner(config={"d_model": 16, "tokenizer": "bpe"})
+
+
 def _word_tokenizer(folder: Path, words: int):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

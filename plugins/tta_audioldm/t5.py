@@ -2,8 +2,10 @@
 
 Either ``pretrained:`` a hub id or a local folder (transformers' layout; read from the local
 cache, honouring HF_HUB_OFFLINE), kept frozen unless a stage lists it in ``trains``; or
-``config:`` a small T5 trained from scratch with a byte-level tokenizer (ByT5's: bytes + 3,
-pad 0, eos 1) that needs no vocabulary file.
+``config:`` a small T5 trained from scratch with a tokenizer that needs no vocabulary file:
+``tokenizer: bytes`` (the default; ByT5's ids: bytes + 3, pad 0, eos 1) or ``tokenizer:
+words`` (each lower-cased word hashed into ``vocab_size`` ids, default 4096: the model sees
+words without having to learn to spell them).
 
 Conditioning: tokens [B, L, d_model] (padding masked), mask [B, L], and pooled [B, d_model],
 the masked mean of the tokens, for denoisers that also take a vector. ``null(B)`` is the
@@ -37,10 +39,15 @@ class ByteTokenizer:
     vocab_size = 259
     pad_id, eos_id = 0, 1
 
+    def ids_of(self, text: str) -> list[int]:
+        return [b + 3 for b in text.encode("utf-8")]
+
     def __call__(self, texts: list[str], max_length: int, pad_to_max: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(ids [B, L], mask [B, L], how many were truncated): each text's ids and eos, cut to
+        ``max_length``, padded to the longest (or to ``max_length``)."""
         rows, truncated = [], 0
         for text in texts:
-            ids = [b + 3 for b in text.encode("utf-8")]
+            ids = self.ids_of(text)
             if len(ids) > max_length - 1:
                 ids, truncated = ids[: max_length - 1], truncated + 1
             rows.append(ids + [self.eos_id])
@@ -61,21 +68,11 @@ class WordHashTokenizer(ByteTokenizer):
             raise ValueError(f"t5 config.vocab_size must be at least 64, got {vocab_size}")
         self.vocab_size = vocab_size
 
-    def __call__(self, texts: list[str], max_length: int, pad_to_max: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def ids_of(self, text: str) -> list[int]:
         import re
         import zlib
 
-        rows, truncated = [], 0
-        for text in texts:
-            ids = [3 + zlib.crc32(w.encode()) % (self.vocab_size - 3) for w in re.findall(r"[a-z0-9]+", text.lower())]
-            if len(ids) > max_length - 1:
-                ids, truncated = ids[: max_length - 1], truncated + 1
-            rows.append(ids + [self.eos_id])
-        length = max_length if pad_to_max else max(len(r) for r in rows)
-        ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-        return ids, ids != self.pad_id, truncated
+        return [3 + zlib.crc32(w.encode()) % (self.vocab_size - 3) for w in re.findall(r"[a-z0-9]+", text.lower())]
 
 
 class T5Conditioner(torch.nn.Module):

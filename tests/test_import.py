@@ -204,3 +204,11 @@ def test_an_imported_run_fine_tunes(imported, tmp_path, t5_folder):
     tuned = after.weights("unet")
     assert not all(torch.equal(tuned[k], before[k]) for k in before)  # it trained from the imported weights
     assert max(float((tuned[k] - before[k]).abs().max()) for k in before) < 0.05
+
+
+def test_import_lists_its_formats_and_refuses_an_unknown_one(capsys):
+    assert main(["import"]) == 0
+    out = capsys.readouterr().out
+    assert "diffae-birds" in out and "audioldm-diffusers" in out
+    assert main(["import", "diffae-bird", "x.ckpt", "--out", "nowhere"]) == 2
+    assert "diffae-birds" in capsys.readouterr().err  # the closest name is suggested

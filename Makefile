@@ -21,6 +21,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.0 -e '.[dev]'
+	# the original AudioLDM code: the reference the .ckpt import tests compare against. Its
+	# pinned dependencies (numpy<=1.23.5, librosa 0.9.2) do not install here; the tests use
+	# only its networks, which need torch and einops.
+	$(PY) -m pip install --quiet --no-deps audioldm==0.1.1
 	touch $@
 
 test: install

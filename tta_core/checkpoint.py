@@ -263,9 +263,14 @@ def clean_temporaries(root: str | os.PathLike) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def load_state(module: Any, state: Mapping[str, Any], source: str, strict: bool = True) -> None:
+_REFIT_HINT = ("Did the recipe change since these weights were written? "
+               "(To load what fits when fine-tuning: --allow-partial.)")
+
+
+def load_state(module: Any, state: Mapping[str, Any], source: str, strict: bool = True,
+               hint: str = _REFIT_HINT) -> None:
     """Load ``state`` into ``module``. Strict: any missing, unexpected or reshaped key is an
-    error listing them. Not strict: load what fits and print what did not."""
+    error listing them (then ``hint``). Not strict: load what fits and print what did not."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -275,8 +280,7 @@ def load_state(module: Any, state: Mapping[str, Any], source: str, strict: bool 
     if strict and lines:
         more = f"\n  ... and {len(lines) - 40} more" if len(lines) > 40 else ""
         raise CheckpointError(f"weights in {source} do not fit {type(module).__name__}:\n" + "\n".join(lines[:40])
-                              + more + "\nDid the recipe change since these weights were written? "
-                              "(To load what fits when fine-tuning: --allow-partial.)")
+                              + more + (f"\n{hint}" if hint else ""))
     if lines:
         print(f"partial load from {source}: {len(missing)} missing, {len(unexpected)} unexpected, "
               f"{len(mismatched)} with other shapes (kept from initialisation)")

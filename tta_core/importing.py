@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,10 +114,13 @@ def _restricted_pickle():
                                  __name__="tta_restricted_pickle")
 
 
-def read_tensors(path: str | os.PathLike) -> Any:
+def read_tensors(path: str | os.PathLike, *, weights_only: bool = False) -> Any:
     """The content of a weights file: ``.safetensors`` as a state dict; a PyTorch file
     (``.ckpt``, ``.pt``, ``.pth``, ``.bin``) as what it holds, read without running any code
-    it names (see the module docstring)."""
+    it names (see the module docstring). ``weights_only``: refuse, rather than read as inert
+    placeholders, objects beyond what ``torch.load(weights_only=True)`` allows."""
+    import pickle
+
     import torch
 
     path = Path(path)
@@ -126,6 +130,19 @@ def read_tensors(path: str | os.PathLike) -> Any:
         from .checkpoint import load_weights
 
         return load_weights(path)
+    if weights_only:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            what = f" ({found.group(1)})" if found else ""
+            raise CheckpointError(
+                f"{path} needs arbitrary Python classes to load{what}, so it is refused: it is read with "
+                "torch.load(weights_only=True). If you trust the file, save just its state dict and import that: "
+                "python -c \"import torch; c = torch.load('IN', weights_only=False); "
+                "torch.save({'state_dict': c['state_dict']}, 'OUT')\"") from None
+        except Exception as exc:
+            raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {type(exc).__name__}: {exc}") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle())
     except Exception as exc:  # a damaged or foreign file: the message says which
@@ -235,6 +252,7 @@ def _check(imported: Imported, recipe: Any, registry: Any, audio: Any, by_stage:
     from .recipe import build, component_kind
     from .runs import stages_training
 
+    problems = []
     for name, state in imported.weights.items():
         if name not in recipe.components:
             raise UsageError(f"the importer gave weights for '{name}', which the recipe has no component of")
@@ -242,12 +260,19 @@ def _check(imported: Imported, recipe: Any, registry: Any, audio: Any, by_stage:
         with torch.random.fork_rng(devices=[]):
             component = build(recipe.components[name], component_kind(recipe, name, registry), registry, audio=audio)
         source = imported.sources.get(name, name)
-        load_state(component, state, source, strict=True)  # a readable diff when they do not fit
         files = {name: state}
-        if name in imported.ema:
-            load_state(component, imported.ema[name], f"{source} (EMA)", strict=True)
-            files[f"{name}.ema"] = imported.ema[name]
+        try:  # a readable diff of keys and shapes when they do not fit, for every component at once
+            load_state(component, state, f"{source} -> '{name}'", strict=True, hint="")
+            if name in imported.ema:
+                load_state(component, imported.ema[name], f"{source} (EMA) -> '{name}'", strict=True, hint="")
+                files[f"{name}.ema"] = imported.ema[name]
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            continue
         if stages:
             by_stage.setdefault(stages[-1], {}).update(files)
         else:
             given[name] = state
+    if problems:
+        raise CheckpointError("\n".join(problems) + "\nNothing was written: the weights do not fit the networks the "
+                              "recipe describes (a different size or layout? the recipe can be adjusted with --set)")

@@ -23,10 +23,9 @@ AUDIOLDM_VOCODER = dict(resblock="1", upsample_rates=[5, 4, 2, 2, 2], upsample_k
                         resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]], num_mels=N_MELS)
 
 
-@pytest.fixture(scope="module")
-def original():
-    """The original AudioLDM modules, imported without the package's __init__ (which pulls in
-    its whole pipeline and pinned dependencies)."""
+def original_audioldm():
+    """The original AudioLDM networks (U-Net, VAE encoder/decoder, HiFi-GAN), imported without
+    the package's __init__ (which pulls in its whole pipeline and pinned dependencies)."""
     spec = importlib.util.find_spec("audioldm")
     if spec is None:
         pytest.skip("the original audioldm package is not installed (make install adds it)")
@@ -48,7 +47,12 @@ def original():
                                  Generator=hifigan.Generator)
 
 
-class _H(dict):
+@pytest.fixture(scope="module")
+def original():
+    return original_audioldm()
+
+
+class HParams(dict):
     __getattr__ = dict.__getitem__
 
 
@@ -64,7 +68,7 @@ def build_original(original, vocab: int):
               resolution=64, z_channels=4, double_z=True)
     encoder, decoder = original.Encoder(**dd), original.Decoder(**dd)
     quant, post_quant = torch.nn.Conv2d(8, 8, 1), torch.nn.Conv2d(4, 4, 1)
-    vocoder = original.Generator(_H(AUDIOLDM_VOCODER))  # weight-normalised, as a training checkpoint holds it
+    vocoder = original.Generator(HParams(AUDIOLDM_VOCODER))  # weight-normalised, as a training checkpoint holds it
     text = RobertaModel(RobertaConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=1,
                                       intermediate_size=96, max_position_embeddings=80, type_vocab_size=1,
                                       pad_token_id=1, layer_norm_eps=1e-5))

@@ -169,6 +169,16 @@ def under(state: Mapping[str, Any], prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def shipped_recipe(filename: str) -> Path:
+    """A recipe of the project's ``recipes/`` folder (a source checkout's, else the working
+    directory's), an importer's default when the user gives no ``--recipe``."""
+    for root in (Path(__file__).resolve().parents[1], Path.cwd()):
+        path = root / "recipes" / filename
+        if path.is_file():
+            return path
+    raise UsageError(f"recipes/{filename} not found here: name the recipe with --recipe FILE")
+
+
 def find_prefix(state: Mapping[str, Any], expected: Iterable[str], candidates: Sequence[str]) -> str | None:
     """The first of ``candidates`` under which ``state`` holds every ``expected`` key."""
     expected = set(expected)

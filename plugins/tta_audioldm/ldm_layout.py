@@ -69,9 +69,13 @@ def _unet_levels(state: Mapping[str, Any]) -> tuple[list[int], int, list[bool]]:
     return widths, per_level[0], attends
 
 
-def unet_config(state: Mapping[str, Any], *, head_width: int, sample_size: Any = 64) -> dict:
-    """The UNet2DConditionModel configuration of an LDM U-Net's weights. ``head_width``: the
-    original's ``num_head_channels``."""
+def unet_config(state: Mapping[str, Any], *, head_width: int | None = None, heads: int | None = None,
+                sample_size: Any = 64) -> dict:
+    """The UNet2DConditionModel configuration of an LDM U-Net's weights. Its attention heads:
+    ``head_width`` channels each (the original's ``num_head_channels``, AudioLDM's way), or
+    ``heads`` at every level (its ``num_heads``, Amphion's way)."""
+    if (head_width is None) == (heads is None):
+        raise ValueError("give one of head_width (channels per head) or heads (heads per level)")
     widths, layers, attends = _unet_levels(state)
     time_dim = int(state["time_embed.0.weight"].shape[0])
     emb_in = int(state["input_blocks.1.0.emb_layers.1.weight"].shape[1])
@@ -94,7 +98,7 @@ def unet_config(state: Mapping[str, Any], *, head_width: int, sample_size: Any =
         "block_out_channels": widths,
         "layers_per_block": layers,
         "cross_attention_dim": widths if own else contexts.pop(),
-        "attention_head_dim": [max(1, w // head_width) for w in widths],
+        "attention_head_dim": [max(1, w // head_width) for w in widths] if head_width else int(heads),
         "transformer_layers_per_block": depth,
         "use_linear_projection": bool(proj and state[proj].ndim == 2),
         "norm_num_groups": 32,
@@ -144,6 +148,14 @@ def unet_weights(state: Mapping[str, Any], layers_per_block: int) -> dict:
         else:
             out[new] = value
     return {**out, **{f"<unmapped>.{k}": state[k] for k in left}}
+
+
+def transpose_kernels(state: Mapping[str, Any]) -> dict:
+    """Weights for the same network run on transposed images: every 2-D convolution kernel
+    transposed. A network of convolutions, group norms, nearest-neighbour resampling,
+    symmetric padding and attention without positions then computes the transpose of what it
+    did (Amphion's networks read mels as [mels, frames], tta's as [frames, mels])."""
+    return {k: (v.transpose(-1, -2).contiguous() if v.ndim == 4 else v) for k, v in state.items()}
 
 
 # -- VAE --------------------------------------------------------------------------------------

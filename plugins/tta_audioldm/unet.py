@@ -12,7 +12,9 @@ output cropped back.
 ``diffusers_config``: a whole UNet2DConditionModel configuration (a diffusers ``unet/config.json``,
 as ``tta-run import audioldm-diffusers`` writes it into the recipe) builds that network
 exactly; ``cross_attention_dim`` / ``pooled_dim`` still say which conditioning it takes, and
-the structural arguments (channels, levels, heads) are then not used.
+the structural arguments (channels, levels, heads) are then not used. Latents then go in at
+their own size, unpadded, as that network's pipeline gives them (diffusers upsamples each level
+to its skip connection's size).
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ class UNet2D(torch.nn.Module):
             raise ValueError("unet2d needs cross_attention_dim (token conditioning), pooled_dim (pooled), or both")
         if diffusers_config is not None:
             self.unet = UNet2DConditionModel.from_config(dict(diffusers_config))
-            self._finish(cross_attention_dim, pooled_dim, len(self.unet.config.block_out_channels),
-                         gradient_checkpointing)
+            # sizes as given, as the network's own pipeline passes them (diffusers upsamples to each skip's size)
+            self._finish(cross_attention_dim, pooled_dim, 1, gradient_checkpointing)
             return
         attention = tuple(attention_levels) if attention_levels is not None else (True,) * len(channels)
         if len(attention) != len(channels):
@@ -69,14 +71,14 @@ class UNet2D(torch.nn.Module):
             projection_class_embeddings_input_dim=pooled_dim,
             class_embeddings_concat=pooled_concat,
         )
-        self._finish(cross_attention_dim, pooled_dim, len(channels), gradient_checkpointing)
+        self._finish(cross_attention_dim, pooled_dim, 2 ** (len(channels) - 1), gradient_checkpointing)
 
-    def _finish(self, cross_attention_dim, pooled_dim, levels: int, gradient_checkpointing: bool) -> None:
+    def _finish(self, cross_attention_dim, pooled_dim, multiple: int, gradient_checkpointing: bool) -> None:
         self.unet.set_attn_processor(_attention_processor())
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.cross_attention_dim, self.pooled_dim = cross_attention_dim, pooled_dim
-        self.multiple = 2 ** (levels - 1)
+        self.multiple = multiple  # latent sizes are padded up to a multiple of this, the output cropped
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         h, w = x.shape[-2:]

@@ -26,14 +26,6 @@ from tta_core.errors import UsageError
 _SKIP = ("diffusion", "sampler", "online_model")  # the reference's duplicate references to its net
 
 
-def default_recipe() -> Path:
-    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
-        path = root / "recipes" / "diffae_birds.yaml"
-        if path.is_file():
-            return path
-    raise UsageError("recipes/diffae_birds.yaml not found here: name the recipe with --recipe FILE")
-
-
 def prefixes(state: dict, expected: list[str]) -> list[str]:
     """Prefixes under which ``state`` holds every ``expected`` key, the EMA copy first."""
     from tta_core.importing import find_prefix
@@ -57,13 +49,13 @@ class BirdsImporter:
                  registry: Any) -> Any:
         import torch
 
-        from tta_core.importing import Imported, read_tensors, state_dict_of, under
+        from tta_core.importing import Imported, read_tensors, shipped_recipe, state_dict_of, under
         from tta_core.recipe import build, component_kind, load_recipe
         from tta_core.sampling import audio_config, resolve_roles
 
         if not sources or len(sources) > 2:
             raise UsageError("diffae-birds takes one or two files: the DiffAE's checkpoint and/or the DiffGen's")
-        recipe_path = Path(recipe) if recipe else default_recipe()
+        recipe_path = Path(recipe) if recipe else shipped_recipe("diffae_birds.yaml")
         files = [(Path(src), state_dict_of(read_tensors(src), src)) for src in sources]
         overrides = list(overrides)
         rec = load_recipe(recipe_path, overrides)

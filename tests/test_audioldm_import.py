@@ -137,3 +137,28 @@ def test_an_imported_run_fine_tunes_its_unet(imported, tmp_path):
     tuned = after.weights("unet")
     assert after.step == 2 and not all(torch.equal(tuned[k], before[k]) for k in before)
     assert max(float((tuned[k] - before[k]).abs().max()) for k in before) < 0.01  # a small step from the import
+
+
+def test_another_recipe_starts_from_the_imported_run(imported, tmp_path):
+    """`train --init-from RUN_DIR`: the U-Net starts from the imported weights, the frozen VAE
+    and text encoder and the vocoder are copied into the new run, which then samples alone."""
+    from tta_core.checkpoint import latest_checkpoint, load_weights
+
+    pipe, run = imported
+    if pipe.scheduler.config.prediction_type != "epsilon":
+        pytest.skip("one fine-tuning run is enough")
+    assert main(["synth", "sounds", "--out", str(tmp_path / "sounds"), "--n", "8", "--seed", "0", "--duration", "0.5"]) == 0
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(f"base: {run / 'recipe.yaml'}\nname: mine\nrun_dir: runs_mine\n"
+                    f"data:\n  train: {{type: jsonl, manifest: {tmp_path / 'sounds' / 'manifest.jsonl'}}}\n")
+    assert main([str(mine), "train", "--stage", "ldm", "--init-from", str(run), "--max-steps", "1",
+                 "--no-progress", "--set", "train.ldm.batch_size=2"]) == 0
+    new_run = tmp_path / "runs_mine"
+    assert sorted(p.name for p in (new_run / "weights").iterdir()) == ["text.safetensors", "vae.safetensors",
+                                                                       "vocoder.safetensors"]
+    imported_unet = latest_checkpoint(run / "ldm" / "checkpoints").weights("unet")
+    tuned = load_weights(latest_checkpoint(new_run / "ldm" / "checkpoints").path / "unet.safetensors")
+    assert max(float((tuned[k] - imported_unet[k]).abs().max()) for k in tuned) < 0.01  # one small step away
+    assert main([str(mine), "sample", "--text", "a dog barks", "--steps", "2", "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    assert len(list((tmp_path / "out").glob("*.wav"))) == 1

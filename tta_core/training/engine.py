@@ -149,6 +149,26 @@ class Trainer:
                 raise UsageError(f"stage '{self.stage.name}' keeps '{name}' frozen, but no trained weights "
                                  f"for it were found in {self.run.root}: {hint}")
 
+    def _adopt(self, components: dict[str, Any]) -> None:
+        """With --init-from: the weights of the parts this stage does not train and this run has
+        none of (a frozen VAE and text encoder, a vocoder) are copied from there into this
+        run's ``weights/``, so the run trains, resumes and samples on its own."""
+        everything = self.stage_order
+        for name, module in components.items():
+            if name in self.stage.trains or not has_params(module) or "pretrained" in self.recipe.components[name]:
+                continue
+            if self.run.find_weights(name, everything) is not None or self.run.given_weights(name) is not None:
+                continue
+            source = _init_source(Path(self.init_from), name)
+            if source is None:
+                continue
+            ema = source.parent / weights_file(name, True)
+            source = ema if source.name == weights_file(name) and ema.exists() else source
+            target = self.run.root / "weights" / weights_file(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            log.info("%s: weights copied from %s into %s", name, source, target)
+
     def _init_from(self, components: dict[str, Any]) -> None:
         path = Path(self.init_from)
         for name in self.stage.trains:
@@ -177,6 +197,9 @@ class Trainer:
         unknown = [n for n in (*stage.trains, *stage.frozen) if n not in components]
         if unknown:
             raise UsageError(f"stage '{stage.name}' names unknown components: {', '.join(unknown)}")
+        if self.init_from and is_main:
+            self._adopt(components)
+        acc.wait_for_everyone()
         self._load_from_earlier(components)
         resume = None if self.fresh else latest_checkpoint(ckpt_root)
         if resume is None and self.init_from:
@@ -441,7 +464,7 @@ def _init_source(path: Path, name: str) -> Path | None:
     stage folder, or a run folder (any stage's latest checkpoint)."""
     if path.is_file():
         return path
-    for candidate in (path / weights_file(name),):
+    for candidate in (path / weights_file(name), path / "weights" / weights_file(name)):
         if candidate.exists():
             return candidate
     ckpt = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)

@@ -159,6 +159,59 @@ class Vocoder(Protocol):
     def __call__(self, mel: "torch.Tensor") -> "torch.Tensor": ...
 
 
+@runtime_checkable
+class Embedder(Protocol):
+    """Audio (and, for some, text) to embeddings for evaluation metrics: Fréchet distances,
+    KL between class posteriors, inception score, CLAP score (:mod:`tta_core.eval.metrics`).
+
+    ``name``: the registry name; ``sample_rate``: the rate in Hz that ``embed`` takes;
+    ``dim``: the embedding width D.
+
+    ``settings() -> dict``: every setting that changes the numbers, JSON-serialisable and the
+        same on every call: the sample rate (key ``sample_rate``); the channel policy (mono:
+        the caller mixes channels down by their mean); the window and padding policy (whole
+        clip, a fixed window with repeat-padding, ...); the resampler the caller must use to reach
+        ``sample_rate`` (``torchaudio.functional.resample`` with its defaults: Hann-windowed
+        sinc, lowpass_filter_width 6, rolloff 0.99); the variant; and the weights (the file's
+        absolute path and sha256, or a "random ..." description for untrained weights).
+        Evaluation puts it into every cache key and every report.
+    ``embed(wave [B, N] float32 at sample_rate) -> [B, frames, D]`` float32: frames = 1 for
+        clip-level models; frame-level ones give one row per frame (the items of one batch
+        share N, so they share the number of frames; a zero-padded tail counts as silence:
+        embed clips of different lengths in separate calls). In eval mode and without
+        gradients; the same input gives the same output. Too short a wave is a ValueError
+        that says the minimum.
+
+    Optional, for classifiers (KL, inception score): ``num_classes: int`` C and
+    ``logits(wave [B, N]) -> [B, C]``, pre-activation outputs ("logits" as ``audioldm_eval``
+    takes them from PANNs: softmax or sigmoid is the metric's choice). See :func:`is_classifier`.
+
+    Optional for classifiers, to save a pass: ``embed_with_logits(wave) -> (embed(wave),
+    logits(wave))``.
+
+    Optional, for text-audio models (CLAP score): ``embed_text(texts: list[str]) -> [B, D]``
+    in the same space as ``embed``'s (clip-level) output, B = len(texts). See :func:`has_text`.
+    """
+
+    name: str
+    sample_rate: int
+    dim: int
+
+    def settings(self) -> dict[str, Any]: ...
+
+    def embed(self, wave: "torch.Tensor") -> "torch.Tensor": ...
+
+
+def is_classifier(embedder: Any) -> bool:
+    """Whether an embedder gives class logits (``num_classes`` and ``logits``): KL and IS need them."""
+    return callable(getattr(embedder, "logits", None)) and bool(getattr(embedder, "num_classes", 0))
+
+
+def has_text(embedder: Any) -> bool:
+    """Whether an embedder embeds text in its audio space (``embed_text``): the CLAP score needs it."""
+    return callable(getattr(embedder, "embed_text", None))
+
+
 #: ``denoise(x [B, ...], alpha [B], sigma [B]) -> x0 estimate [B, ...]``: what samplers call.
 #: A process makes one from a network (:meth:`Process.denoiser`); classifier-free guidance
 #: wraps it (:func:`tta_core.diffusion.guided_denoiser`), so every sampler gets guidance.

@@ -23,13 +23,17 @@ same range in your distribution's dependencies (``tta>=0.1,<0.2``) so pip agrees
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pluggy
 
 from .data.items import Collector, Item, ItemSet, resolve_path
 from .errors import DataError, TtaError, UsageError
-from .interfaces import Autoencoder, Conditioner, Conditioning, Denoiser, Process, Sampler, Vocoder
+from .interfaces import Autoencoder, Conditioner, Conditioning, Denoiser, Embedder, Process, Sampler, Vocoder
 from .recipe import Component, Ref
 from .registry import KINDS
 
@@ -47,12 +51,44 @@ def build_component(kind: str, node: dict) -> Any:
         raise UsageError(registry.unknown_message(kind, str(node["type"])))
     return build(node, kind, registry)
 
+
+def import_inner_package(package: str, inner: str, *, missing: str) -> ModuleType:
+    """The folder ``<package>/<inner>/`` of an installed package, imported as the top-level
+    module ``inner`` without running ``<package>/__init__.py``.
+
+    For libraries whose top-level ``__init__`` does more than a plugin needs: laion-clap's
+    loads three tokenizers from the Hugging Face hub (and hangs without a network unless
+    HF_HUB_OFFLINE=1 is set), while its model package ``clap_module``, which laion-clap's own
+    code imports under that top-level name, reaches for no network. If ``inner`` is imported
+    already (the library was imported whole), that module is returned, so both share one copy.
+    ``missing``: the message of the :class:`TtaError` raised when ``package`` is not installed.
+    """
+    if inner in sys.modules:
+        return sys.modules[inner]
+    spec = importlib.util.find_spec(package)  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise TtaError(missing)
+    root = Path(next(iter(spec.submodule_search_locations))) / inner
+    spec = importlib.util.spec_from_file_location(inner, root / "__init__.py",
+                                                  submodule_search_locations=[str(root)])
+    if spec is None:
+        raise TtaError(f"{missing} (its folder {inner}/ is not where it was expected: {root})")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[inner] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[inner]
+        raise
+    return module
+
+
 #: Decorator marking a function as an implementation of a hook in :mod:`tta_core.hookspecs`.
 hookimpl = pluggy.HookimplMarker("tta")
 
 __all__ = [
-    "hookimpl", "KINDS", "TtaError", "UsageError", "build_component",
-    "Conditioning", "Conditioner", "Autoencoder", "Denoiser", "Process", "Sampler", "Vocoder",
+    "hookimpl", "KINDS", "TtaError", "UsageError", "build_component", "import_inner_package",
+    "Conditioning", "Conditioner", "Autoencoder", "Denoiser", "Process", "Sampler", "Vocoder", "Embedder",
     "Component", "Ref",
     # for dataset readers: build an ItemSet row by row under the bad-row rules (docs/data.md)
     "Collector", "Item", "ItemSet", "resolve_path", "DataError",

@@ -102,7 +102,12 @@ SECTIONS: dict[str, Any] = {
         "process": Ref("process"),
         "vocoder": Ref("vocoder"),
     },
-    "eval": dict,
+    "eval": {  # defaults of `tta-run RECIPE eval` and `sample --rerank` (tta_core.eval.compare)
+        "embedder": Component("embedder"),
+        "text_embedder": Component("embedder"),
+        "metrics": list[str],
+        "max_missing": Number,
+    },
 }
 
 _OPTIMIZER = {"type": typing.Literal["adamw", "adam", "sgd"], "lr": Number, "betas": tuple[Number, Number],

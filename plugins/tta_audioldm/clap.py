@@ -49,8 +49,6 @@ network, so it sets no environment variables of its own.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Iterator, Literal, Mapping
@@ -60,6 +58,7 @@ import torch.nn.functional as F
 
 from tta_core.errors import CheckpointError, TtaError, closest
 from tta_core.interfaces import Conditioning
+from tta_core.plugin import import_inner_package
 
 from .pretrained import check_tokenizer
 
@@ -76,22 +75,8 @@ _ROBERTA_FILES = "vocab.json + merges.txt (or tokenizer.json), with tokenizer_co
 
 def clap_module() -> ModuleType:
     """laion-clap's model package, imported without running ``laion_clap/__init__``."""
-    if "clap_module" in sys.modules:  # laion_clap was imported already: share its modules
-        return sys.modules["clap_module"]
-    spec = importlib.util.find_spec("laion_clap")  # finds the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise TtaError("the clap conditioner needs laion-clap: pip install laion-clap")
-    root = Path(next(iter(spec.submodule_search_locations))) / "clap_module"
-    spec = importlib.util.spec_from_file_location("clap_module", root / "__init__.py",
-                                                  submodule_search_locations=[str(root)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["clap_module"] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules["clap_module"]
-        raise
-    return module
+    return import_inner_package("laion_clap", "clap_module",
+                                missing="the clap conditioner needs laion-clap: pip install laion-clap")
 
 
 @contextlib.contextmanager

@@ -1,26 +1,72 @@
-"""``tta-run RECIPE eval``: checks and metrics over generated audio.
+"""``tta-run [RECIPE] eval``: metrics of generated audio, the autoencoder's round trip, and
+prompt adherence.
+
+Metrics (the default): ``--generated DIR`` against ``--reference DIR`` (folders of audio, or
+folders with a ``manifest.jsonl``) or, given a recipe, its valid split. ``--metrics`` picks
+from fd, kl, is, clap (default: those the embedders allow); ``--embedder`` the backbone (a
+name or a YAML mapping, ``'{type: panns, weights: Cnn14_16k_mAP=0.438.pth}'``; default the
+recipe's ``eval.embedder``, else ``mel_stats``, which needs no weights); ``--text-embedder``
+the text-audio model for the clap score. Comparing two folders needs no trained weights, nor
+a recipe: ``tta-run eval --generated A --reference B``. See tta_core.eval.compare.
+
+``--reconstruction``: the trained autoencoder (and vocoder) round trip on the valid split
+(tta_core.eval.reconstruction).
 
 ``--adherence``: do generated clips sound like the label their prompt names? A classifier
 fitted on the recipe's labelled training clips (never on generated ones) labels each
 generated clip (see tta_core.eval.adherence). Without ``--generated DIR``, the clips are
 generated first, ``--n-per-label`` per label from that label's training captions, with the
 run's trained weights, into ``--out`` (default ``<run dir>/adherence/``).
+
+Every mode writes ``eval.json`` into ``--out`` and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
+from typing import Any
 
-from ..cli import load_plugins, load_recipe, verb
+from ..cli import command, load_plugins, load_recipe, verb
 from ..errors import TtaError, UsageError
 
 
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    from ..eval.compare import METRICS
+
+    p.add_argument("--generated", metavar="DIR", help="the clips to score (a folder; its manifest.jsonl gives prompts)")
+    p.add_argument("--reference", metavar="DIR", help="reference clips (a folder; default: the recipe's valid split)")
+    p.add_argument("--metrics", default=None, metavar="LIST",
+                   help=f"comma-separated, from {', '.join(METRICS)} (reconstruction: mel_l1, psnr, ssim, lsd, "
+                        "si_sdr, pesq); default: what the embedders allow")
+    p.add_argument("--embedder", default=None, metavar="SPEC",
+                   help="the backbone: a name (mel_stats, panns, clap) or a YAML mapping "
+                        "'{type: panns, weights: FILE}' (default: the recipe's eval.embedder, else mel_stats)")
+    p.add_argument("--text-embedder", default=None, metavar="SPEC",
+                   help="the text-audio embedder for the clap metric, e.g. '{type: clap, pretrained: FILE}'")
+    p.add_argument("--max-missing", type=float, default=None,
+                   help="fraction of a set's files that may be missing or unreadable before the run fails "
+                        "instead of scoring the rest (default 0.05)")
+    p.add_argument("--cache", metavar="DIR", default=None,
+                   help="where embeddings are cached (default ~/.cache/tta/embeddings; 'none' to not cache)")
+    p.add_argument("--out", metavar="DIR",
+                   help="where eval.json (and generated clips) go (default: --generated, or <run dir>/adherence/)")
+
+
+def _compare_args_with_device(p: argparse.ArgumentParser) -> None:
+    _compare_args(p)
+    p.add_argument("--device", default=None)
+
+
 def _args(p: argparse.ArgumentParser) -> None:
+    _compare_args(p)
     p.add_argument("--adherence", action="store_true", help="prompt adherence of generated clips (labelled datasets)")
-    p.add_argument("--generated", metavar="DIR", help="score these clips (a folder with manifest.jsonl from `sample`)")
-    p.add_argument("--out", metavar="DIR", help="where generated clips and eval.json go (default <run dir>/adherence/)")
+    p.add_argument("--reconstruction", action="store_true",
+                   help="the autoencoder (and vocoder) round trip on the valid split")
+    p.add_argument("--n-items", type=int, default=None, help="--reconstruction: at most this many clips")
+    p.add_argument("--decode-steps", type=int, default=None, help="--reconstruction: diffusion autoencoders' steps")
     p.add_argument("--run-dir", default=None, help="the run folder (default runs/<recipe name>/)")
     p.add_argument("--n-per-label", type=int, default=4, help="clips to generate per label (default 4)")
     p.add_argument("--reference-per-label", type=int, default=100,
@@ -102,17 +148,103 @@ def _generated(folder: Path, captions: dict[str, str], audio):
     return _features(waves, audio), labels, problems
 
 
-@verb("eval", "evaluate generated audio (--adherence: prompt adherence on a labelled set)", _args)
+def _cache_dir(text: str | None) -> Path | None:
+    if text == "none":
+        return None
+    if text:
+        return Path(text)
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "tta" / "embeddings"
+
+
+def _write(out: Path, result: dict, lines: list[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, indent=2))
+    print("\n".join(lines))
+    print(f"report: {out / 'eval.json'}")
+
+
+def _metrics(args: argparse.Namespace, recipe: Any, registry: Any) -> int:
+    from ..eval.compare import compare, default_metrics, embedder_from_spec, folder_set, recipe_set, spec_of, table
+
+    if not args.generated:
+        raise UsageError("give --generated DIR: the clips to score (write them with `tta-run RECIPE sample --out DIR`)")
+    settings = dict((recipe.get("eval") or {}) if recipe is not None else {})
+    spec = spec_of(args.embedder) or spec_of(settings.get("embedder")) or {"type": "mel_stats"}
+    text_spec = spec_of(args.text_embedder) or spec_of(settings.get("text_embedder"))
+    embedder = embedder_from_spec(spec, registry, args.device)
+    text_embedder = embedder_from_spec(text_spec, registry, args.device) if text_spec else None
+    if text_embedder is None and spec["type"] == "clap":
+        text_embedder = embedder
+    names = [n.strip() for n in args.metrics.split(",") if n.strip()] if args.metrics else \
+        list(settings.get("metrics") or default_metrics(embedder, text_embedder))
+    generated = folder_set(args.generated, "generated")
+    reference = folder_set(args.reference, "reference") if args.reference else \
+        (recipe_set(recipe, registry) if recipe is not None and any(n in ("fd", "kl") for n in names) else None)
+    max_missing = args.max_missing if args.max_missing is not None else float(settings.get("max_missing", 0.05))
+    result = compare(generated, reference, names, embedder, text_embedder, max_missing=max_missing,
+                     cache=_cache_dir(args.cache))
+    lines = table(result)
+    for role, problems in result["not_used"].items():
+        lines += [f"not used ({role}): {p}" for p in problems[:20]]
+    _write(Path(args.out) if args.out else Path(args.generated), result, lines)
+    return 0
+
+
+def _reconstruction(args: argparse.Namespace, recipe: Any, registry: Any) -> int:
+    from ..eval.reconstruction import DEFAULT, reconstruction
+    from ..recipe import build
+    from ..runs import default_run_dir
+    from ..sampling import load_pipeline
+
+    data = recipe.get("data") or {}
+    split = next((s for s in ("valid", "test") if s in data), None)
+    if split is None:
+        raise UsageError("--reconstruction evaluates on held-out clips: the recipe has no data.valid (nor data.test)")
+    items = list(build(data[split], "dataset", registry))
+    if args.n_items:
+        items = items[: args.n_items]
+    pipe = load_pipeline(recipe, run_dir=args.run_dir, device=args.device, registry=registry)
+    names = [n.strip() for n in args.metrics.split(",") if n.strip()] if args.metrics else list(DEFAULT)
+    max_missing = args.max_missing if args.max_missing is not None else 0.05
+    result = reconstruction(pipe, items, names, decode_steps=args.decode_steps, max_missing=max_missing)
+    result.update({"recipe": recipe.name, "split": f"data.{split}", "checkpoint": pipe.checkpoint,
+                   "audio": pipe.audio.to_dict()})
+    voc = result.get("vocoder_only", {})
+    lines = [f"{'metric':<12} {'round trip':>12}" + (f" {'vocoder only':>14}" if voc else "")]
+    for name, value in result["metrics"].items():
+        lines.append(f"{name:<12} {value:>12.4f}" + (f" {voc[name]:>14.4f}" if name in voc else ""))
+    lines.append(f"{result['counts']['used']} of {result['counts']['expected']} clips of data.{split}")
+    lines += [f"not used: {p}" for p in result["not_used"][:20]]
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)
+    _write(Path(args.out) if args.out else run_dir / "reconstruction", result, lines)
+    return 0
+
+
+@command("eval", "metrics of generated audio against reference audio (no recipe needed)", _compare_args_with_device)
+def _eval_folders(args: argparse.Namespace) -> int:
+    return _metrics(args, None, load_plugins(args).registry)
+
+
+@verb("eval", "evaluate: metrics of generated audio (fd, kl, is, clap), --reconstruction, --adherence", _args)
 def _eval(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args)
+    registry = load_plugins(args).registry
+    if args.adherence and args.reconstruction:
+        raise UsageError("--adherence and --reconstruction are separate evaluations: run them one at a time")
+    if args.reconstruction:
+        return _reconstruction(args, recipe, registry)
+    if not args.adherence:
+        return _metrics(args, recipe, registry)
+    return _adherence(args, recipe, registry)
+
+
+def _adherence(args: argparse.Namespace, recipe: Any, registry: Any) -> int:
     from ..cli import main
     from ..data.config import AudioConfig
     from ..eval.adherence import AdherenceClassifier, score, split_holdout
     from ..runs import default_run_dir
 
-    if not args.adherence:
-        raise UsageError("choose what to evaluate: --adherence (more metrics come with the evaluation layer)")
-    recipe = load_recipe(args)
-    registry = load_plugins(args).registry
     import dataclasses
 
     # the metrics read the mono mix

@@ -26,6 +26,10 @@ def _args(p: argparse.ArgumentParser) -> None:
     what.add_argument("--negative", default=None, metavar="PROMPT",
                       help="negative prompt: replaces the unconditional half of guidance")
     what.add_argument("--n", type=int, default=1, help="outputs per prompt (default 1)")
+    what.add_argument("--rerank", default=None, metavar="EMBEDDER",
+                      help="keep only the best of the --n candidates of each prompt by text-audio similarity: "
+                           "an embedder name (clap) or mapping '{type: clap, pretrained: FILE}' (default the "
+                           "recipe's eval.text_embedder); every candidate's score goes into the manifest")
     what.add_argument("--duration", type=float, default=None, help="seconds (default: sample.duration or audio.duration)")
     how = p.add_argument_group("how")
     how.add_argument("--steps", type=int, default=None, help="sampling steps (default: sample.steps or 50)")
@@ -124,6 +128,7 @@ def _read_manifest(path: Path) -> list[dict]:
 @verb("sample", "generate audio from text with the trained weights in the run dir", _args)
 def _sample(args: argparse.Namespace) -> int:
     import soundfile
+    import torch
 
     from ..checkpoint import atomic_write
     from ..runs import default_run_dir
@@ -143,7 +148,17 @@ def _sample(args: argparse.Namespace) -> int:
                          precision=args.precision, ema=not args.no_ema, registry=registry)
     out = Path(args.out) if args.out else run_dir / "samples"
     ext, subtype = FORMATS[args.format]
-    stems = _names(entries, args.n)
+    ranker = None
+    if args.rerank:
+        from ..eval.compare import embedder_from_spec, spec_of
+
+        if args.n < 2:
+            raise UsageError("--rerank keeps the best of --n candidates per prompt: give --n 2 or more")
+        spec = spec_of(args.rerank)
+        if spec["type"] == "clap" and len(spec) == 1 and (recipe.get("eval") or {}).get("text_embedder"):
+            spec = spec_of((recipe.get("eval") or {})["text_embedder"])  # the recipe says which CLAP
+        ranker = embedder_from_spec(spec, registry, args.device)
+    stems = _names(entries, 1 if ranker else args.n)
     st = pipe.settings(steps=args.steps, guidance=args.guidance, guidance_rescale=args.guidance_rescale,
                        guidance_interval=args.guidance_interval, sampler=args.sampler, seed=args.seed,
                        duration=args.duration, batch_size=args.batch_size, negative=args.negative,
@@ -152,12 +167,29 @@ def _sample(args: argparse.Namespace) -> int:
     rows = _read_manifest(manifest_path)
     batches = pipe.batches([prompt for _, prompt in entries], n=args.n, settings=st,
                            progress=not args.no_progress and sys.stderr.isatty())
-    written = 0
+    written, pending = 0, {}
     for batch in batches:
         out.mkdir(parents=True, exist_ok=True)
         new = []
+        chosen = []  # (output index, prompt, negative, wave, seed, batch index, rerank record)
         for b, (index, prompt, negative) in enumerate(zip(batch.indices, batch.prompts, batch.negatives)):
-            wave = batch.waves[b]  # [N], or [C, N] with several channels
+            if ranker is None:
+                chosen.append((index, prompt, negative, batch.waves[b], batch.seed, b, None))
+                continue
+            entry = index // args.n  # candidates come prompt by prompt
+            pending.setdefault(entry, []).append((batch.waves[b], batch.seed, b))
+            if len(pending[entry]) == args.n:
+                candidates = pending.pop(entry)
+                from ..eval.rerank import scores
+
+                sc = scores(ranker, prompt, torch.stack([c[0] for c in candidates]), pipe.sample_rate)
+                best = int(sc.argmax())
+                record = {"embedder": ranker.name, "scores": [round(float(x), 6) for x in sc], "chosen": best,
+                          "candidate_seeds": [c[1] for c in candidates],
+                          "candidate_batch_index": [c[2] for c in candidates]}
+                wave, seed, b_best = candidates[best]
+                chosen.append((entry, prompt, negative, wave, seed, b_best, record))
+        for index, prompt, negative, wave, seed, b, record in chosen:
             file = f"{stems[index]}.{ext}"
             data = wave.clamp(-1, 1) if subtype == "PCM_16" else wave
             soundfile.write(out / file, data.numpy().T, pipe.sample_rate, subtype=subtype, format=ext.upper())
@@ -165,7 +197,7 @@ def _sample(args: argparse.Namespace) -> int:
             save_spectrogram(out / png, wave if wave.ndim == 1 else wave.mean(0), pipe.sample_rate, pipe.audio, prompt)
             new.append({
                 "file": file, "spectrogram": png, "prompt": prompt, "negative": negative,
-                "seed": batch.seed, "batch_index": b, "steps": st.steps, "guidance": st.guidance.scale,
+                "seed": seed, "batch_index": b, "steps": st.steps, "guidance": st.guidance.scale,
                 "guidance_rescale": st.guidance.rescale,
                 "guidance_interval": list(st.guidance.interval) if st.guidance.interval else None,
                 "sampler": st.sampler, "decode_steps": st.decode_steps, "duration": st.duration,
@@ -173,6 +205,7 @@ def _sample(args: argparse.Namespace) -> int:
                 "checkpoint": pipe.checkpoint, "ema": not args.no_ema,
                 "weights": {name: w.describe() for name, w in pipe.weights.items()},
                 "recipe": recipe.name, "precision": args.precision,
+                **({"rerank": record} if record else {}),
             })
         files = {row["file"] for row in new}
         rows = [row for row in rows if row.get("file") not in files] + new

@@ -221,3 +221,76 @@ def check_sampler(sampler: Callable[..., torch.Tensor], schedule: torch.Tensor, 
     samples = sampler(denoise, big, schedule, generator=torch.Generator().manual_seed(3))
     if abs(samples.mean().item() - mean) > moment_tol or abs(samples.std().item() - std) > moment_tol:
         _fail(sampler, f"samples of N({mean}, {std}^2) came out with mean {samples.mean():.3f}, std {samples.std():.3f}")
+
+
+def check_embedder(embedder: Any, wave: torch.Tensor, texts: Sequence[str] = ("a dog barks", "rain on a tin roof"),
+                   atol: float = 1e-4, batch_independence: bool = True) -> None:
+    """The embedder contract on ``wave`` [B, N] at the embedder's rate: attributes, settings()
+    that JSON can hold and that do not change, embed -> [B, frames, dim], deterministic and
+    (with ``batch_independence``) the same for an item alone; frozen; the optional
+    ``logits`` -> [B, num_classes] and ``embed_text`` -> [len(texts), dim] when present.
+    ``texts`` needs two different strings."""
+    import json
+
+    from ..interfaces import Embedder, has_text, is_classifier
+
+    if not isinstance(embedder, Embedder):
+        missing = [a for a in ("name", "sample_rate", "dim", "settings", "embed") if not hasattr(embedder, a)]
+        _fail(embedder, f"is not an Embedder: missing {', '.join(missing)}")
+    for attr, kind in (("name", str), ("sample_rate", int), ("dim", int)):
+        value = getattr(embedder, attr)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value <= 0):
+            _fail(embedder, f"{attr} must be a{' positive' if kind is int else ''} {kind.__name__}, got {value!r}")
+    settings = embedder.settings()
+    try:
+        text = json.dumps(settings, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        _fail(embedder, f"settings() must be JSON-serialisable: {exc}")
+    if json.dumps(embedder.settings(), sort_keys=True) != text:
+        _fail(embedder, "settings() changes from one call to the next")
+    if settings.get("sample_rate") != embedder.sample_rate:
+        _fail(embedder, f"settings()['sample_rate'] is {settings.get('sample_rate')!r}, the embedder's "
+                        f"sample_rate {embedder.sample_rate}")
+    if getattr(embedder, "training", False):
+        _fail(embedder, "must be in eval mode")
+    if isinstance(embedder, torch.nn.Module) and any(p.requires_grad for p in embedder.parameters()):
+        _fail(embedder, "parameters must not require gradients")
+    if wave.dim() != 2:
+        raise ValueError(f"check_embedder takes a wave [B, N], got {tuple(wave.shape)}")
+    batch = wave.shape[0]
+    with torch.no_grad():
+        out = embedder.embed(wave)
+        if not isinstance(out, torch.Tensor) or out.dim() != 3 or out.shape[0] != batch or out.shape[2] != embedder.dim:
+            _fail(embedder, f"embed gives {tuple(getattr(out, 'shape', ()))} for a wave {tuple(wave.shape)}, "
+                            f"expected [{batch}, frames, {embedder.dim}]")
+        if not out.is_floating_point() or out.requires_grad:
+            _fail(embedder, "embed must give a float tensor without gradients")
+        _check_finite(embedder, "embed", out)
+        if not torch.equal(out, embedder.embed(wave)):
+            _fail(embedder, "embed is not deterministic (the same wave gave other numbers)")
+        if batch_independence and batch > 1 and not _close(embedder.embed(wave[:1]), out[:1], atol):
+            _fail(embedder, "an item's embedding depends on the other items in the batch")
+        if is_classifier(embedder):
+            logits = embedder.logits(wave)
+            if tuple(logits.shape) != (batch, embedder.num_classes):
+                _fail(embedder, f"logits gives {tuple(logits.shape)}, expected ({batch}, {embedder.num_classes})")
+            _check_finite(embedder, "logits", logits)
+            if not torch.equal(logits, embedder.logits(wave)):
+                _fail(embedder, "logits is not deterministic")
+        if has_text(embedder):
+            texts = list(texts)
+            emb = embedder.embed_text(texts)
+            if tuple(emb.shape) != (len(texts), embedder.dim):
+                _fail(embedder, f"embed_text gives {tuple(emb.shape)} for {len(texts)} texts, expected "
+                                f"({len(texts)}, {embedder.dim})")
+            _check_finite(embedder, "embed_text", emb)
+            if not torch.equal(emb, embedder.embed_text(texts)):
+                _fail(embedder, "embed_text is not deterministic")
+            if len(set(texts)) > 1 and torch.equal(emb[0], emb[1]):
+                _fail(embedder, "embed_text gives the same embedding for different texts")
+    for device in devices()[1:]:  # other devices than the CPU, when present
+        moved = _moved(embedder, device)
+        with torch.no_grad():
+            res = moved.embed(wave.to(device))
+        if res.device.type != torch.device(device).type:
+            _fail(embedder, f"after .to('{device}') embed gives its output on {res.device}")

@@ -1,0 +1,13 @@
+"""Registers the evaluation embedders. Factories are "module:attribute" strings: listing
+plugins imports neither torch nor laion-clap."""
+
+from tta_core.plugin import hookimpl
+
+_P = "tta_eval"
+
+
+@hookimpl
+def tta_register(register):
+    register("embedder", "mel_stats", f"{_P}.mel_stats:MelStats")
+    register("embedder", "panns", f"{_P}.panns:PANNs")
+    register("embedder", "clap", f"{_P}.clap:ClapEmbedder")

@@ -1,0 +1,32 @@
+"""Best of K candidates by text-audio similarity: ``sample --n K --rerank clap`` (AudioLDM's
+``n_candidate_gen_per_text``, which keeps the candidate its CLAP model ranks first).
+
+Each candidate is resampled to the embedder's rate (``torchaudio.functional.resample``) and
+mixed to mono; its score is the cosine between its audio embedding (frames averaged) and the
+prompt's text embedding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import UsageError
+
+
+def scores(embedder: Any, prompt: str, waves: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """waves [K, N] or [K, C, N] at ``sample_rate`` -> cosine similarity to ``prompt`` [K]."""
+    if not callable(getattr(embedder, "embed_text", None)):
+        raise UsageError(f"--rerank needs a text-audio embedder (clap); '{embedder.name}' has no text side")
+    import torchaudio.functional as AF
+
+    waves = waves.float().cpu()
+    if waves.ndim == 3:
+        waves = waves.mean(dim=1)
+    if sample_rate != embedder.sample_rate:
+        waves = AF.resample(waves, int(sample_rate), int(embedder.sample_rate))
+    with torch.no_grad():
+        audio = embedder.embed(waves).mean(dim=1).double().cpu()  # [K, D]
+        text = embedder.embed_text([prompt]).double().cpu()  # [1, D]
+    return torch.nn.functional.cosine_similarity(audio, text.expand_as(audio), dim=-1)

@@ -190,3 +190,13 @@ def test_rerank_keeps_the_best_candidate_and_records_every_score(tiny_run, clap_
     wave, rate = soundfile.read(out / rows[0]["file"], dtype="float32")
     again = float(rank(embedder, rows[0]["prompt"], torch.from_numpy(wave)[None], rate)[0])
     assert again == pytest.approx(max(rows[0]["rerank"]["scores"]), abs=2e-3)  # 16-bit WAV rounding
+
+
+def test_a_recipes_valid_split_is_the_default_reference(tiny_run, sets, tmp_path, monkeypatch):
+    args, root = tiny_run
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    assert main(["recipes/quickstart.yaml", "eval", "--generated", str(sets / "b"), "--cache", "none",
+                 "--out", str(tmp_path / "o"), *args[:-1]]) == 0
+    report = _report(tmp_path / "o")
+    assert report["counts"]["reference"] == {"expected": 16, "used": 16} and "data.valid" in report["sets"]["reference"]
+    assert report["metrics"]["fd"] > 0

@@ -170,6 +170,34 @@ class SampleSettings:
     batch_size: int
     negative: str | Sequence[str] | None = None
     decode_steps: int | None = None  # diffusion autoencoders: steps of their decoding
+    init: "InitAudio | None" = None  # audio to vary (strength) or inpaint around (keep)
+    audio_prompt: "AudioPrompt | None" = None  # condition on audio instead of text (CLAP)
+    loudness: float | None = None  # target integrated loudness (LUFS) of each output
+
+
+#: Seconds over which kept spans fade into the generated audio at their inner edges.
+KEEP_FADE = 0.02
+
+
+@dataclass(frozen=True)
+class InitAudio:
+    """An init clip, fitted to the output's length: what ``strength`` and ``keep`` act on."""
+
+    path: str
+    wave: torch.Tensor  # [N] or [C, N] at the recipe's rate, N = the output's samples
+    strength: float | None  # None: only inpainting (generation starts from noise)
+    keep: tuple[tuple[float, float], ...]  # kept spans in seconds
+    extend: float | None = None  # seconds appended (continuation)
+
+    def describe(self) -> dict:
+        return {"init_audio": self.path, "strength": self.strength,
+                "keep": [list(span) for span in self.keep] or None, "extend": self.extend}
+
+
+@dataclass(frozen=True)
+class AudioPrompt:
+    path: str
+    wave: torch.Tensor  # [N] mono at the recipe's rate
 
 
 @dataclass
@@ -181,6 +209,7 @@ class Batch:
     seed: int
     waves: torch.Tensor  # [B, N] float32 on the CPU; [B, C, N] when audio.channels is C > 1
     indices: list[int]  # position of each item in the flat list of requested outputs
+    loudness: list[dict] | None = None  # per item, with SampleSettings.loudness: what normalisation did
 
 
 @dataclass
@@ -231,11 +260,35 @@ class Pipeline:
                  guidance_rescale: float | None = None, guidance_interval: Sequence[float] | None = None,
                  sampler: str | Mapping | None = None, seed: int | None = None, duration: float | None = None,
                  batch_size: int | None = None, negative: str | Sequence[str] | None = None,
-                 decode_steps: int | None = None) -> "SampleSettings":
+                 decode_steps: int | None = None, init_audio: str | os.PathLike | None = None,
+                 strength: float | None = None, keep: str | Sequence[Sequence[float]] | None = None,
+                 extend: float | None = None, audio_prompt: str | os.PathLike | None = None,
+                 loudness: float | None = None) -> "SampleSettings":
         """Options given here, else the recipe's ``sample:`` values, else the defaults
         (50 steps, guidance 1, ddim, seed 0, the audio duration, batches of 8; a diffusion
-        autoencoder's own ``decode_steps``)."""
+        autoencoder's own ``decode_steps``).
+
+        Audio-guided generation (tta_core.diffusion.editing): ``init_audio`` (a file) with
+        ``strength`` (0 keeps it, 1 ignores it; SDEdit) and/or ``keep`` (spans in seconds,
+        "0:1.5,3:4", regenerated around; inpainting), or ``extend`` (seconds to continue it
+        by). The output is as long as the init audio (plus ``extend``) unless ``duration`` is
+        given. ``audio_prompt`` (a file) conditions on its audio embedding instead of text,
+        for conditioners with an audio side (CLAP). ``loudness``: each output normalised to
+        this integrated loudness in LUFS (tta_core.loudness), with a true-peak ceiling.
+        """
         d = self.defaults
+        init, prompt = None, None
+        if init_audio is not None:
+            init, duration = self._init(init_audio, strength, keep, extend, duration)
+        elif strength is not None or keep or extend is not None:
+            raise UsageError("--strength, --keep and --extend act on an init clip: give --init-audio FILE")
+        if audio_prompt is not None:
+            if not callable(getattr(self.conditioner, "encode_audio", None)):
+                raise UsageError(f"--audio-prompt: the conditioner '{self.roles['conditioner']}' has no audio side "
+                                 "(only CLAP-conditioned models, such as recipes/audioldm_clap.yaml, take audio prompts)")
+            prompt = AudioPrompt(str(audio_prompt), self._load(audio_prompt, channels=1))
+        if loudness is not None and not -70.0 <= float(loudness) <= 0.0:
+            raise UsageError(f"--loudness is a target in LUFS between -70 and 0 (e.g. -14, -23), got {loudness}")
 
         def pick(value: Any, key: str, default: Any) -> Any:
             return value if value is not None else d.get(key, default)
@@ -255,6 +308,8 @@ class Pipeline:
             batch_size=int(pick(batch_size, "batch_size", 8)),
             negative=pick(negative, "negative", None),
             decode_steps=pick(decode_steps, "decode_steps", None),
+            init=init, audio_prompt=prompt,
+            loudness=None if loudness is None else float(loudness),
         )
         if out.steps < 1 or out.batch_size < 1 or out.duration <= 0:
             raise UsageError("steps and batch_size must be at least 1, and duration positive")
@@ -265,6 +320,41 @@ class Pipeline:
             if int(out.decode_steps) < 1:
                 raise UsageError(f"decode_steps must be at least 1, got {out.decode_steps}")
         return out
+
+    def _load(self, path: str | os.PathLike, channels: int | None = None) -> torch.Tensor:
+        """A whole clip at the recipe's rate: [N], or [C, N] with several channels."""
+        import dataclasses
+
+        from .data.audio import BadAudio, load_clip
+
+        audio = self.audio if channels is None else dataclasses.replace(self.audio, channels=channels)
+        try:
+            return load_clip(path, dataclasses.replace(audio, min_duration=0.0, normalize=False)).wave
+        except BadAudio as exc:
+            raise UsageError(f"cannot use {path}: {exc}") from None
+
+    def _init(self, path, strength, keep, extend, duration) -> tuple[InitAudio, float]:
+        from .data.audio import pad_to
+        from .diffusion.editing import parse_spans, start_index
+
+        wave = self._load(path)
+        rate = self.audio.sample_rate
+        spans = parse_spans(keep)
+        if strength is not None:
+            start_index(1, float(strength))  # checks the range
+        if extend is not None:
+            if float(extend) <= 0:
+                raise UsageError(f"--extend is a number of seconds to add, got {extend}")
+            spans = [(0.0, wave.shape[-1] / rate), *spans]
+            wave = pad_to(wave, wave.shape[-1] + int(round(float(extend) * rate)))
+        if duration is None:
+            duration = wave.shape[-1] / rate
+        n = int(round(float(duration) * rate))
+        wave = pad_to(wave[..., :n], n)
+        if strength is None and not spans:
+            raise UsageError("--init-audio needs --strength S (a variation) or --keep START:END (inpainting)")
+        return InitAudio(str(path), wave, None if strength is None else float(strength), tuple(spans),
+                         None if extend is None else float(extend)), float(duration)
 
     def length_for(self, duration: float) -> int:
         """Mel frames (or samples) for ``duration`` seconds, rounded up to a length the
@@ -282,19 +372,34 @@ class Pipeline:
         raise TtaError(f"the autoencoder takes no length between {n} and {n + 4095} (latent_shape raised for all)")
 
     # -- generation -------------------------------------------------------------------------
-    def generate(self, texts: Sequence[str] | str, **options: Any) -> tuple[torch.Tensor, int]:
+    def generate(self, texts: Sequence[str] | str | None = None, *, rerank: Any = None,
+                 **options: Any) -> tuple[torch.Tensor, int]:
         """Waveforms [len(texts) * n, N] (each prompt's n outputs in a row) and the rate.
 
         Options as :meth:`batches`: n, progress, and those of :meth:`settings`
         (steps, guidance, guidance_rescale, guidance_interval, sampler, seed, duration,
-        batch_size, negative, decode_steps). With ``audio.channels`` C > 1 the waveforms
-        are [len(texts) * n, C, N].
+        batch_size, negative, decode_steps, init_audio, strength, keep, extend, audio_prompt,
+        loudness). With ``audio.channels`` C > 1 the waveforms are [len(texts) * n, C, N].
+        With an ``audio_prompt`` no text is needed. ``rerank``: an embedder with a text side
+        (or its name / node, e.g. ``{"type": "clap", "pretrained": FILE}``): of each prompt's
+        ``n`` outputs only the one most similar to the prompt is returned ([len(texts), N]).
         """
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        texts = [texts] if isinstance(texts, str) else list(texts or [])
+        if not texts and options.get("audio_prompt") is not None:
+            texts = [f"audio prompt: {options['audio_prompt']}"]
         if not texts:
-            raise UsageError("generate() needs at least one prompt")
+            raise UsageError("generate() needs at least one prompt (or an audio_prompt)")
         batches = list(self.batches(texts, **options))
-        return torch.cat([b.waves for b in batches]), self.sample_rate
+        waves = torch.cat([b.waves for b in batches])
+        if rerank is not None:
+            from .eval.compare import embedder_from_spec, spec_of
+            from .eval.rerank import scores
+
+            ranker = rerank if hasattr(rerank, "embed") else embedder_from_spec(spec_of(rerank), self.registry)
+            n = int(options.get("n", 1))
+            waves = torch.stack([waves[i * n + int(scores(ranker, t, waves[i * n:(i + 1) * n], self.sample_rate).argmax())]
+                                 for i, t in enumerate(texts)])
+        return waves, self.sample_rate
 
     def batches(self, texts: Sequence[str], *, n: int = 1, progress: bool = False,
                 settings: "SampleSettings | None" = None, **options: Any) -> Iterator[Batch]:
@@ -317,6 +422,12 @@ class Pipeline:
             raise UsageError(str(exc)) from None
         length = self.length_for(st.duration)
         samples = int(round(st.duration * self.sample_rate))
+        edit = self._edit(st, length) if st.init is not None else None
+        audio_cond = None
+        if st.audio_prompt is not None:
+            with torch.no_grad():
+                audio_cond = self.conditioner.encode_audio(st.audio_prompt.wave[None].to(self.device),
+                                                           self.audio.sample_rate)
         items = [(i, j) for i in range(len(texts)) for j in range(n)]
         total = math.ceil(len(items) / st.batch_size)
         for k, start in enumerate(range(0, len(items), st.batch_size)):
@@ -324,27 +435,102 @@ class Pipeline:
             prompts = [texts[i] for i, _ in chunk]
             negs = [negatives[i] for i, _ in chunk]
             waves = self._batch(prompts, negs, st.seed + k, sample, schedule, st.guidance, length, samples,
-                                progress=progress, label=f"batch {k + 1}/{total}", decode_steps=st.decode_steps)
-            yield Batch(prompts, negs, st.seed + k, waves, list(range(start, start + len(chunk))))
+                                progress=progress, label=f"batch {k + 1}/{total}", decode_steps=st.decode_steps,
+                                edit=edit, audio_cond=audio_cond)
+            notes = None
+            if st.loudness is not None:
+                from .loudness import normalize_loudness
+
+                notes = []
+                for b in range(waves.shape[0]):
+                    try:
+                        waves[b], info = normalize_loudness(waves[b], self.sample_rate, st.loudness)
+                    except ValueError as exc:  # silent, or too short to measure: left as it is
+                        info = {"target_lufs": st.loudness, "skipped": str(exc)}
+                    notes.append(info)
+            yield Batch(prompts, negs, st.seed + k, waves, list(range(start, start + len(chunk))), notes)
+
+    def _edit(self, st: "SampleSettings", length: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The init clip's latent [1, ...], the kept mask [1, ...] and the schedule row to start from."""
+        from .data.audio import with_channels
+        from .data.mel import log_mel
+        from .diffusion.editing import latent_mask, start_index
+
+        init, ae = st.init, self.autoencoder
+        shape = ae.latent_shape(length)
+        with torch.no_grad():
+            wave = init.wave[None].to(self.device).float()
+            z0 = ae.encode(log_mel(wave, self.audio)) if ae.domain == "mel" else ae.encode(with_channels(wave))
+        t = int(shape[1])  # the latent's time axis: crop or pad (with the latent of silence's edge) to it
+        z0 = z0[:, :, :t]
+        if z0.shape[2] < t:
+            pad = z0[:, :, -1:].expand(*z0.shape[:2], t - z0.shape[2], *z0.shape[3:])
+            z0 = torch.cat([z0, pad], dim=2)
+        rate = (self.vocoder.sample_rate / self.vocoder.hop_length) if ae.domain == "mel" else self.audio.sample_rate
+        mask = latent_mask(shape, init.keep, length, rate).to(self.device)
+        start = start_index(st.steps, init.strength) if init.strength is not None else 0
+        return z0.float(), mask, start, self._keep_weights(init)
+
+    def _keep_weights(self, init: InitAudio) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(the init clip at the output's rate, a weight per sample: 1 in the kept spans, 0
+        elsewhere, linear ramps of KEEP_FADE seconds inside each span's edges)."""
+        if not init.keep:
+            return None
+        wave = init.wave.float()
+        if self.sample_rate != self.audio.sample_rate:
+            import torchaudio.functional as AF
+
+            wave = AF.resample(wave, self.audio.sample_rate, self.sample_rate)
+        n, rate = wave.shape[-1], self.sample_rate
+        t = torch.arange(n, dtype=torch.float64) / rate
+        weight = torch.zeros(n, dtype=torch.float64)
+        for lo, hi in init.keep:
+            rise = torch.ones(n, dtype=torch.float64) if lo <= 0 else ((t - lo) / KEEP_FADE).clamp(0, 1)
+            fall = torch.ones(n, dtype=torch.float64) if hi * rate >= n else ((hi - t) / KEEP_FADE).clamp(0, 1)
+            weight = torch.maximum(weight, torch.minimum(rise, fall))
+        return wave, weight.float()
 
     @torch.no_grad()
     def _batch(self, prompts: list[str], negatives: list[str], seed: int, sample: Any, schedule: torch.Tensor,
                guide: Guidance, length: int, samples: int, *, progress: bool, label: str,
-               decode_steps: int | None = None) -> torch.Tensor:
+               decode_steps: int | None = None, edit: tuple | None = None,
+               audio_cond: Conditioning | None = None) -> torch.Tensor:
+        from .diffusion.editing import inpainting_denoiser, noised
+
         device, batch = self.device, len(prompts)
-        cond = self.conditioner.encode_text(prompts).to(device)
+        if audio_cond is not None:
+            cond = Conditioning.cat([audio_cond] * batch).to(device)
+        else:
+            cond = self.conditioner.encode_text(prompts).to(device)
         uncond = self._uncond(negatives).to(device) if guide.active else None
         denoise = guided_denoiser(self.process, self._net(), cond, uncond, guide)
         generator = torch.Generator("cpu").manual_seed(seed)
         shape = (batch, *self.autoencoder.latent_shape(length))
         x_T = torch.randn(shape, generator=generator).to(device)  # as diffusers' prepare_latents
+        z0 = mask = keep = None
+        if edit is not None:
+            z0, mask, start, keep = edit
+            z0 = z0.expand(shape)
+            if mask.any():
+                denoise = inpainting_denoiser(denoise, z0, mask, x_T)
+            if start >= schedule.shape[0] - 1:  # strength 0: the init's own latent, no step to take
+                schedule, x_T = schedule[-1:], z0
+            elif start > 0:  # SDEdit: the init's latent noised to the level the remaining steps start at
+                level = schedule[start].to(device)
+                schedule = schedule[start:]
+                x_T = noised(z0, x_T, level[0].expand(batch), level[1].expand(batch))
         bar = _progress(progress, schedule.shape[0] - 1, label)
         try:
-            latent = sample(denoise, x_T, schedule, generator=generator,
-                            callback=(lambda i, total, x: bar.update(1)) if bar is not None else None)
+            if schedule.shape[0] < 2:  # strength 0: no step to take
+                latent = x_T
+            else:
+                latent = sample(denoise, x_T, schedule, generator=generator,
+                                callback=(lambda i, total, x: bar.update(1)) if bar is not None else None)
         finally:
             if bar is not None:
                 bar.close()
+        if mask is not None:
+            latent = torch.where(mask, z0, latent)
         decode_kwargs = {"generator": generator} if _takes(self.autoencoder.decode, "generator") else {}
         if decode_steps is not None:
             decode_kwargs["steps"] = int(decode_steps)
@@ -355,7 +541,13 @@ class Pipeline:
         if wave.shape[-1] < samples:
             raise TtaError(f"the decoder gave {wave.shape[-1]} samples for a {samples}-sample request: "
                            f"its latent_shape({length}) does not match what decode returns")
-        return wave[..., :samples]
+        wave = wave[..., :samples]
+        if keep is not None:  # the kept spans are the original audio, crossfaded into the new
+            original, weight = keep
+            n = min(samples, original.shape[-1])
+            w = weight[:n]
+            wave[..., :n] = w * original[..., :n] + (1 - w) * wave[..., :n]
+        return wave
 
     def _uncond(self, negatives: list[str]) -> Conditioning:
         null = unconditional(self.denoiser, self.conditioner)

@@ -30,7 +30,21 @@ def _args(p: argparse.ArgumentParser) -> None:
                       help="keep only the best of the --n candidates of each prompt by text-audio similarity: "
                            "an embedder name (clap) or mapping '{type: clap, pretrained: FILE}' (default the "
                            "recipe's eval.text_embedder); every candidate's score goes into the manifest")
-    what.add_argument("--duration", type=float, default=None, help="seconds (default: sample.duration or audio.duration)")
+    what.add_argument("--duration", type=float, default=None,
+                      help="seconds (default: the init audio's length, else sample.duration or audio.duration)")
+    guide = p.add_argument_group("audio-guided generation")
+    guide.add_argument("--init-audio", default=None, metavar="FILE",
+                       help="a clip to vary (--strength) or to regenerate around (--keep) or continue (--extend)")
+    guide.add_argument("--strength", type=float, default=None, metavar="S",
+                       help="with --init-audio: how far from it to go, 0 (keep it) to 1 (ignore it); SDEdit")
+    guide.add_argument("--keep", default=None, metavar="START:END[,START:END]",
+                       help="with --init-audio: spans (seconds) kept while everything else is regenerated")
+    guide.add_argument("--extend", type=float, default=None, metavar="SECONDS",
+                       help="with --init-audio: continue the clip by this many seconds")
+    guide.add_argument("--audio-prompt", default=None, metavar="FILE",
+                       help="condition on this clip's audio embedding instead of text (CLAP-conditioned models)")
+    guide.add_argument("--loudness", type=float, default=None, metavar="LUFS",
+                       help="normalise each output to this integrated loudness (ITU-R BS.1770), true peak <= -1 dBTP")
     how = p.add_argument_group("how")
     how.add_argument("--steps", type=int, default=None, help="sampling steps (default: sample.steps or 50)")
     how.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = none)")
@@ -137,8 +151,12 @@ def _sample(args: argparse.Namespace) -> int:
     entries: list[tuple[str | None, str]] = [(None, t) for t in args.text]
     if args.prompts:
         entries += read_prompts(args.prompts)
+    if args.audio_prompt:
+        if entries:
+            raise UsageError("--audio-prompt conditions on audio instead of text: give it without --text/--prompts")
+        entries = [(Path(args.audio_prompt).stem, f"audio prompt: {args.audio_prompt}")]
     if not entries:
-        raise UsageError("nothing to generate: give --text PROMPT (repeatable) or --prompts FILE")
+        raise UsageError("nothing to generate: give --text PROMPT (repeatable), --prompts FILE or --audio-prompt FILE")
     if args.n < 1:
         raise UsageError("--n must be at least 1")
     recipe = load_recipe(args)
@@ -162,7 +180,8 @@ def _sample(args: argparse.Namespace) -> int:
     st = pipe.settings(steps=args.steps, guidance=args.guidance, guidance_rescale=args.guidance_rescale,
                        guidance_interval=args.guidance_interval, sampler=args.sampler, seed=args.seed,
                        duration=args.duration, batch_size=args.batch_size, negative=args.negative,
-                       decode_steps=args.decode_steps)
+                       decode_steps=args.decode_steps, init_audio=args.init_audio, strength=args.strength,
+                       keep=args.keep, extend=args.extend, audio_prompt=args.audio_prompt, loudness=args.loudness)
     manifest_path = out / "manifest.jsonl"
     rows = _read_manifest(manifest_path)
     batches = pipe.batches([prompt for _, prompt in entries], n=args.n, settings=st,
@@ -173,11 +192,12 @@ def _sample(args: argparse.Namespace) -> int:
         new = []
         chosen = []  # (output index, prompt, negative, wave, seed, batch index, rerank record)
         for b, (index, prompt, negative) in enumerate(zip(batch.indices, batch.prompts, batch.negatives)):
+            level = batch.loudness[b] if batch.loudness else None
             if ranker is None:
-                chosen.append((index, prompt, negative, batch.waves[b], batch.seed, b, None))
+                chosen.append((index, prompt, negative, batch.waves[b], batch.seed, b, None, level))
                 continue
             entry = index // args.n  # candidates come prompt by prompt
-            pending.setdefault(entry, []).append((batch.waves[b], batch.seed, b))
+            pending.setdefault(entry, []).append((batch.waves[b], batch.seed, b, level))
             if len(pending[entry]) == args.n:
                 candidates = pending.pop(entry)
                 from ..eval.rerank import scores
@@ -187,9 +207,9 @@ def _sample(args: argparse.Namespace) -> int:
                 record = {"embedder": ranker.name, "scores": [round(float(x), 6) for x in sc], "chosen": best,
                           "candidate_seeds": [c[1] for c in candidates],
                           "candidate_batch_index": [c[2] for c in candidates]}
-                wave, seed, b_best = candidates[best]
-                chosen.append((entry, prompt, negative, wave, seed, b_best, record))
-        for index, prompt, negative, wave, seed, b, record in chosen:
+                wave, seed, b_best, level = candidates[best]
+                chosen.append((entry, prompt, negative, wave, seed, b_best, record, level))
+        for index, prompt, negative, wave, seed, b, record, level in chosen:
             file = f"{stems[index]}.{ext}"
             data = wave.clamp(-1, 1) if subtype == "PCM_16" else wave
             soundfile.write(out / file, data.numpy().T, pipe.sample_rate, subtype=subtype, format=ext.upper())
@@ -206,6 +226,9 @@ def _sample(args: argparse.Namespace) -> int:
                 "weights": {name: w.describe() for name, w in pipe.weights.items()},
                 "recipe": recipe.name, "precision": args.precision,
                 **({"rerank": record} if record else {}),
+                **(st.init.describe() if st.init is not None else {}),
+                **({"audio_prompt": st.audio_prompt.path} if st.audio_prompt is not None else {}),
+                **({"loudness": level} if level is not None else {}),
             })
         files = {row["file"] for row in new}
         rows = [row for row in rows if row.get("file") not in files] + new

@@ -13,6 +13,7 @@ def tta_register(register):
     register("conditioner", "t5", f"{_P}.t5:T5Conditioner")
     register("conditioner", "clap", f"{_P}.clap:CLAPConditioner")
     register("conditioner", "clap_text", f"{_P}.clap_text:ClapTextConditioner")
+    register("conditioner", "clip", f"{_P}.clip_text:CLIPTextConditioner")
     register("importer", "audioldm-diffusers", f"{_P}.importer:DiffusersImporter")
     register("importer", "audioldm-ckpt", f"{_P}.importer:CkptImporter")
     register("importer", "amphion-tta", f"{_P}.amphion_import:AmphionImporter")

@@ -11,6 +11,8 @@ import torch
 
 from tta_core.cli import main
 
+from test_shipped_recipes import tiny_clap  # noqa: F401
+
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
@@ -89,15 +91,8 @@ def panns_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def clap_file(tmp_path_factory):
-    from tta_audioldm.clap import CLAPConditioner
-
-    from test_clap import save_laion_checkpoint
-
-    path = tmp_path_factory.mktemp("weights") / "clap_random.pt"
-    torch.manual_seed(0)
-    save_laion_checkpoint(CLAPConditioner(tmodel="transformer"), path)
-    return path
+def clap_file(tiny_clap):  # noqa: F811  (a random laion-clap checkpoint, its own text tower)
+    return tiny_clap
 
 
 def test_panns_gives_fd_kl_and_is(sets, tmp_path, panns_file):

@@ -204,3 +204,12 @@ def test_a_missing_tokenizer_is_named(imported, tmp_path, capsys, monkeypatch):
     ckpt = imported.root / "audioldm-s-tiny.ckpt"
     assert main(["import", "audioldm-ckpt", str(ckpt), "--out", str(tmp_path / "run")]) == 2
     assert "RoBERTa" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("channels, width", [(128, 32), (192, 32), (256, 64)])
+def test_the_sizes_head_widths_are_audioldms(channels, width):
+    """S, M and L (model_channels 128, 192, 256): 32 channels per head, 64 for L, as the
+    original's configurations say (the weights do not hold it)."""
+    from tta_audioldm.ldm_layout import audioldm_head_width
+
+    assert audioldm_head_width({"input_blocks.0.0.weight": torch.zeros(channels, 8, 3, 3)}) == width

@@ -217,8 +217,7 @@ class CkptImporter:
         notes = []
 
         unet = found["unet"]
-        width = int(unet["input_blocks.0.0.weight"].shape[0])
-        head_width = 64 if width >= 256 else 32  # AudioLDM L: 256 channels, 64 per head; S and M: 32
+        head_width = L.audioldm_head_width(unet)
         voc_cfg = L.hifigan_config(found["vocoder"], base=AUDIOLDM_HIFIGAN)
         rate, hop, n_mels = int(voc_cfg["sampling_rate"]), math.prod(voc_cfg["upsample_rates"]), int(voc_cfg["model_in_dim"])
         if "scale_factor" not in state:

@@ -69,6 +69,12 @@ def _unet_levels(state: Mapping[str, Any]) -> tuple[list[int], int, list[bool]]:
     return widths, per_level[0], attends
 
 
+def audioldm_head_width(state: Mapping[str, Any]) -> int:
+    """AudioLDM's ``num_head_channels``, which its weights do not hold: 64 for L (256 base
+    channels), 32 for S (128) and M (192), as audioldm/utils.py configures them."""
+    return 64 if int(state["input_blocks.0.0.weight"].shape[0]) >= 256 else 32
+
+
 def unet_config(state: Mapping[str, Any], *, head_width: int | None = None, heads: int | None = None,
                 sample_size: Any = 64) -> dict:
     """The UNet2DConditionModel configuration of an LDM U-Net's weights. Its attention heads:

@@ -5,10 +5,8 @@ components compute what the original networks compute."""
 
 import importlib.util
 import json
-import pickle
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch

@@ -278,8 +278,6 @@ def clap_text_weights(state: Mapping[str, Any]) -> dict:
 def fold_weight_norm(state: Mapping[str, Any]) -> dict:
     """``weight_g`` / ``weight_v`` pairs (torch's weight_norm, dim 0) folded into ``weight``
     (also the ``parametrizations.weight.original0/1`` spelling)."""
-    import torch
-
     out = dict(state)
     for key in list(out):
         for g_name, v_name in (("weight_g", "weight_v"), ("parametrizations.weight.original0",

@@ -28,7 +28,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -106,13 +106,6 @@ def recipe_set(recipe: Any, registry: Any, role: str = "reference") -> AudioSet:
     return AudioSet(role, f"data.{split} of {recipe.path}", items)
 
 
-def duplicates(aset: AudioSet) -> list[str]:
-    seen, dup = set(), []
-    for it in aset.items:
-        if it.key in seen:
-            dup.append(it.key)
-        seen.add(it.key)
-    return dup
 
 
 def spec_of(text: Any) -> dict | None:

@@ -195,3 +195,12 @@ def test_a_recipes_valid_split_is_the_default_reference(tiny_run, sets, tmp_path
     report = _report(tmp_path / "o")
     assert report["counts"]["reference"] == {"expected": 16, "used": 16} and "data.valid" in report["sets"]["reference"]
     assert report["metrics"]["fd"] > 0
+
+
+def test_rerank_refuses_an_embedder_without_text_before_generating(tiny_run, tmp_path, monkeypatch, capsys):
+    args, _ = tiny_run
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    out = tmp_path / "out"
+    assert main(["recipes/quickstart.yaml", "sample", "--text", "white noise", "--n", "2", "--rerank", "mel_stats",
+                 "--steps", "2", "--out", str(out), *args]) == 2
+    assert "no text side" in capsys.readouterr().err and not out.exists()

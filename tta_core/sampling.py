@@ -389,15 +389,16 @@ class Pipeline:
             texts = [f"audio prompt: {options['audio_prompt']}"]
         if not texts:
             raise UsageError("generate() needs at least one prompt (or an audio_prompt)")
+        judge = None
+        if rerank is not None:  # built (and checked) before anything is generated
+            from .eval.rerank import best, ranker
+
+            judge = rerank if hasattr(rerank, "embed") else ranker(rerank, self.registry, recipe=self.recipe)
         batches = list(self.batches(texts, **options))
         waves = torch.cat([b.waves for b in batches])
-        if rerank is not None:
-            from .eval.compare import embedder_from_spec, spec_of
-            from .eval.rerank import scores
-
-            ranker = rerank if hasattr(rerank, "embed") else embedder_from_spec(spec_of(rerank), self.registry)
+        if judge is not None:
             n = int(options.get("n", 1))
-            waves = torch.stack([waves[i * n + int(scores(ranker, t, waves[i * n:(i + 1) * n], self.sample_rate).argmax())]
+            waves = torch.stack([waves[i * n + best(judge, t, waves[i * n:(i + 1) * n], self.sample_rate)[0]]
                                  for i, t in enumerate(texts)])
         return waves, self.sample_rate
 

@@ -168,14 +168,11 @@ def _sample(args: argparse.Namespace) -> int:
     ext, subtype = FORMATS[args.format]
     ranker = None
     if args.rerank:
-        from ..eval.compare import embedder_from_spec, spec_of
+        from ..eval.rerank import best, ranker as make_ranker
 
         if args.n < 2:
             raise UsageError("--rerank keeps the best of --n candidates per prompt: give --n 2 or more")
-        spec = spec_of(args.rerank)
-        if spec["type"] == "clap" and len(spec) == 1 and (recipe.get("eval") or {}).get("text_embedder"):
-            spec = spec_of((recipe.get("eval") or {})["text_embedder"])  # the recipe says which CLAP
-        ranker = embedder_from_spec(spec, registry, args.device)
+        ranker = make_ranker(args.rerank, registry, recipe=recipe, device=args.device)
     stems = _names(entries, 1 if ranker else args.n)
     st = pipe.settings(steps=args.steps, guidance=args.guidance, guidance_rescale=args.guidance_rescale,
                        guidance_interval=args.guidance_interval, sampler=args.sampler, seed=args.seed,
@@ -200,14 +197,11 @@ def _sample(args: argparse.Namespace) -> int:
             pending.setdefault(entry, []).append((batch.waves[b], batch.seed, b, level))
             if len(pending[entry]) == args.n:
                 candidates = pending.pop(entry)
-                from ..eval.rerank import scores
-
-                sc = scores(ranker, prompt, torch.stack([c[0] for c in candidates]), pipe.sample_rate)
-                best = int(sc.argmax())
-                record = {"embedder": ranker.name, "scores": [round(float(x), 6) for x in sc], "chosen": best,
+                top, sc = best(ranker, prompt, torch.stack([c[0] for c in candidates]), pipe.sample_rate)
+                record = {"embedder": ranker.name, "scores": sc, "chosen": top,
                           "candidate_seeds": [c[1] for c in candidates],
                           "candidate_batch_index": [c[2] for c in candidates]}
-                wave, seed, b_best, level = candidates[best]
+                wave, seed, b_best, level = candidates[top]
                 chosen.append((entry, prompt, negative, wave, seed, b_best, record, level))
         for index, prompt, negative, wave, seed, b, record, level in chosen:
             file = f"{stems[index]}.{ext}"

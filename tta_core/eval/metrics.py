@@ -529,14 +529,21 @@ def clap_score(text_emb: torch.Tensor, audio_emb: torch.Tensor, batch_size: int 
 # ----------------------------------------------------------------------------- reconstruction
 
 
-def _spec_pair(ref: torch.Tensor, est: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, T, F] or [B, C, T, F] pair -> float64 [B, C, T, F] pair."""
-    r = _tensor("ref", ref, dims=(3, 4))
-    e = _tensor("est", est, dims=(3, 4)).to(r.device)
-    _same_shape("ref", r, "est", e)
-    if r.dim() == 3:
+def _pair(ref: torch.Tensor, est: torch.Tensor, names: tuple[str, str], dims: tuple[int, int]
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A reference/estimate pair of ``dims[0]`` (no channel axis) or ``dims[1]`` dimensions ->
+    float64 pair with a channel axis at 1."""
+    r = _tensor(names[0], ref, dims=dims)
+    e = _tensor(names[1], est, dims=dims).to(r.device)
+    _same_shape(names[0], r, names[1], e)
+    if r.dim() == dims[0]:
         r, e = r.unsqueeze(1), e.unsqueeze(1)
     return r, e
+
+
+def _spec_pair(ref: torch.Tensor, est: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T, F] or [B, C, T, F] pair -> float64 [B, C, T, F] pair."""
+    return _pair(ref, est, ("ref", "est"), (3, 4))
 
 
 def _data_range(ref: torch.Tensor, data_range: float | None) -> torch.Tensor:
@@ -628,12 +635,7 @@ def ssim(ref: torch.Tensor, est: torch.Tensor, data_range: float | None = None) 
 
 def _wave_pair(ref: torch.Tensor, est: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, N] or [B, C, N] pair -> float64 [B, C, N] pair."""
-    r = _tensor("ref_wave", ref, dims=(2, 3))
-    e = _tensor("est_wave", est, dims=(2, 3)).to(r.device)
-    _same_shape("ref_wave", r, "est_wave", e)
-    if r.dim() == 2:
-        r, e = r.unsqueeze(1), e.unsqueeze(1)
-    return r, e
+    return _pair(ref, est, ("ref_wave", "est_wave"), (2, 3))
 
 
 def si_sdr(ref_wave: torch.Tensor, est_wave: torch.Tensor) -> torch.Tensor:

@@ -30,3 +30,25 @@ def scores(embedder: Any, prompt: str, waves: torch.Tensor, sample_rate: int) ->
         audio = embedder.embed(waves).mean(dim=1).double().cpu()  # [K, D]
         text = embedder.embed_text([prompt]).double().cpu()  # [1, D]
     return torch.nn.functional.cosine_similarity(audio, text.expand_as(audio), dim=-1)
+
+
+def ranker(spec: Any, registry: Any, *, recipe: Any = None, device: str | None = None) -> Any:
+    """The embedder ``spec`` names (a name, a YAML mapping or a node; a bare ``clap`` means the
+    recipe's ``eval.text_embedder`` when it has one), refused before anything is generated
+    when it has no text side."""
+    from .compare import embedder_from_spec, spec_of
+
+    node = spec_of(spec)
+    configured = (recipe.get("eval") or {}).get("text_embedder") if recipe is not None else None
+    if node["type"] == "clap" and len(node) == 1 and configured:
+        node = spec_of(configured)  # the recipe says which CLAP checkpoint
+    embedder = embedder_from_spec(node, registry, device)
+    if not callable(getattr(embedder, "embed_text", None)):
+        raise UsageError(f"--rerank needs a text-audio embedder (clap); '{embedder.name}' has no text side")
+    return embedder
+
+
+def best(embedder: Any, prompt: str, waves: torch.Tensor, sample_rate: int) -> tuple[int, list[float]]:
+    """The index of the candidate (of waves [K, ...]) closest to ``prompt``, and every score."""
+    sc = scores(embedder, prompt, waves, sample_rate)
+    return int(sc.argmax()), [round(float(x), 6) for x in sc]

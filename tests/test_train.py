@@ -1,6 +1,7 @@
 """The trainer on a toy objective: exact resume, EMA, faults, fine-tuning, run-dir layout."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -13,6 +14,8 @@ import torch
 
 from tta_core.checkpoint import latest_checkpoint, load_weights
 from tta_core.cli import main
+from tta_core.errors import UsageError
+from tta_core.training.engine import Trainer
 
 TOY = '''
 import os, signal
@@ -299,3 +302,34 @@ def test_stages_with_different_precisions_run_in_one_invocation(toy, tmp_path):
                    + second.replace("    log_every: 1", "    log_every: 1\n    precision: bf16"))
     assert train(toy, tmp_path / "run") == 0
     assert latest_checkpoint(tmp_path / "run/again/checkpoints").step == 2
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_precision_auto_is_bf16_only_where_the_device_computes_it_natively(toy, tmp_path, monkeypatch, caplog, native):
+    import tta_core.precision as precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device: native)
+    seen = []
+    real = Trainer._accelerator
+
+    def spy(self):
+        acc = real(self)
+        seen.append(acc.mixed_precision)
+        return acc
+
+    monkeypatch.setattr(Trainer, "_accelerator", spy)
+    with caplog.at_level(logging.INFO, logger="tta"):
+        assert train(toy, tmp_path / "run", "--precision", "auto", "--max-steps", "1") == 0
+    assert seen == ["bf16" if native else "no"]
+    assert f"precision auto -> {'bf16' if native else 'fp32'}" in caplog.text
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_that_it_is_emulated(monkeypatch, caplog):
+    import tta_core.precision as precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    with caplog.at_level(logging.WARNING, logger="tta"):
+        assert precision.resolve_precision("bf16", "cpu") == "bf16"  # the user's choice stands
+    assert "emulated" in caplog.text
+    with pytest.raises(UsageError, match="auto, fp32, bf16, fp16"):
+        precision.resolve_precision("half", "cpu")

@@ -123,7 +123,7 @@ STAGE_FIELDS: dict[str, Any] = {
     "batch_size": int,
     "grad_accum": int,
     "grad_clip": typing.Optional[Number],
-    "precision": typing.Literal["fp32", "bf16", "fp16"],
+    "precision": typing.Literal["auto", "fp32", "bf16", "fp16"],
     "seed": int,
     "optimizer": _OPTIMIZER,
     "optimizers": dict[str, dict],  # per-optimizer overrides of optimizer:, by the objective's names

@@ -43,6 +43,7 @@ from .checkpoint import Checkpoint, load_checkpoint, load_state, load_weights
 from .diffusion.guidance import Guidance, guided_denoiser
 from .errors import TtaError, UsageError
 from .interfaces import Conditioning, unconditional
+from .precision import PRECISIONS, resolve_precision
 from .recipe import Recipe, build, check, component_kind, load_recipe
 from .runs import RunDir, default_run_dir, has_params, stages_training, weights_file
 from .yamlio import to_plain
@@ -560,7 +561,7 @@ class Pipeline:
         return Conditioning.cat(parts)
 
     def _net(self) -> Any:
-        dtype = _PRECISIONS[self.precision]
+        dtype = _PRECISIONS[resolve_precision(self.precision, self.device) if self.precision == "auto" else self.precision]
         if dtype is None:
             return self.denoiser
         net, device_type = self.denoiser, self.device.type
@@ -621,7 +622,8 @@ def load_pipeline(recipe: str | os.PathLike | Recipe, *, run_dir: str | os.PathL
 
     ``run_dir`` defaults to the recipe's ``run_dir:``, else ``runs/<recipe name>``; ``ckpt`` is one checkpoint folder to
     take weights from first; ``ema=False`` loads the raw weights instead of the EMA copy;
-    ``precision`` (fp32, bf16, fp16) runs the denoiser under autocast.
+    ``precision`` (fp32, bf16, fp16, or auto: bf16 where the device computes it natively) runs the
+    denoiser under autocast.
     """
     if registry is None:
         from .discovery import get_plugins
@@ -630,8 +632,8 @@ def load_pipeline(recipe: str | os.PathLike | Recipe, *, run_dir: str | os.PathL
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
     check(recipe, registry)
-    if precision not in _PRECISIONS:
-        raise UsageError(f"precision is one of {', '.join(_PRECISIONS)}, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision is one of {', '.join(PRECISIONS)}, got {precision!r}")
     roles = resolve_roles(recipe, registry)
     audio = audio_config(recipe)
     with torch.random.fork_rng(devices=[]):
@@ -657,6 +659,7 @@ def load_pipeline(recipe: str | os.PathLike | Recipe, *, run_dir: str | os.PathL
     named = {roles[role]: c for role, c in built.items()}
     weights = load_weights_for(named, recipe, run_dir, ckpt=ckpt, ema=ema)
     dev = pick_device(device)
+    precision = resolve_precision(precision, dev)
     for component in built.values():
         if isinstance(component, torch.nn.Module):
             component.to(dev).eval().requires_grad_(False)

@@ -66,8 +66,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     where.add_argument("--format", choices=list(FORMATS), default="wav",
                        help="wav (16-bit, default), flac (16-bit) or float (32-bit float WAV)")
     where.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cuda when available)")
-    where.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                       help="run the denoiser under autocast in this precision")
+    where.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
+                       help="run the denoiser under autocast in this precision (auto: bf16 where native, else fp32)")
     where.add_argument("--no-progress", action="store_true", help="no progress bar (there is none when stderr is not a terminal)")
 
 
@@ -218,7 +218,7 @@ def _sample(args: argparse.Namespace) -> int:
                 "sample_rate": pipe.sample_rate, "channels": pipe.audio.channels,
                 "checkpoint": pipe.checkpoint, "ema": not args.no_ema,
                 "weights": {name: w.describe() for name, w in pipe.weights.items()},
-                "recipe": recipe.name, "precision": args.precision,
+                "recipe": recipe.name, "precision": pipe.precision,
                 **({"rerank": record} if record else {}),
                 **(st.init.describe() if st.init is not None else {}),
                 **({"audio_prompt": st.audio_prompt.path} if st.audio_prompt is not None else {}),

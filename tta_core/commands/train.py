@@ -14,7 +14,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", default=None, help="where stages keep checkpoints and logs (default runs/<recipe name>/)")
     p.add_argument("--max-steps", type=int, default=None, help="cap each stage at this many steps (this invocation)")
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default: cuda when available)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None, help="override the stages' precision")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
+                   help="override the stages' precision (auto: bf16 where the device computes it natively, else fp32)")
     p.add_argument("--seed", type=int, default=None, help="override the stages' seed")
     fresh = p.add_mutually_exclusive_group()
     fresh.add_argument("--resume", action="store_true", default=True,

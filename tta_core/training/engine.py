@@ -113,6 +113,12 @@ class Trainer:
         # the first Accelerator's settings process-wide unless told to forget them (the
         # distributed set-up, PartialState, is kept)
         AcceleratorState._reset_state()
+        from ..precision import resolve_precision
+
+        requested = self.precision
+        self.precision = resolve_precision(requested, "cpu" if cpu else "cuda")
+        if requested == "auto":
+            log.info("stage '%s': precision auto -> %s", self.stage.name, self.precision)
         return Accelerator(cpu=cpu, mixed_precision=_PRECISION[self.precision])
 
     def _earlier_stages(self) -> list[str]:
@@ -480,10 +486,13 @@ def _init_source(path: Path, name: str) -> Path | None:
 
 def _make_optimizer(cfg, params):
     params = list(params)
-    if cfg.type == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps)
-    if cfg.type == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps)
+    if cfg.type in ("adamw", "adam"):
+        # the fused kernel (CPU and CUDA) updates every tensor in one pass: on a CPU the default
+        # per-tensor loop costs as much as a fifth of a small model's training step
+        fused = {"fused": True} if params and all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point
+                                                  for p in params) else {}
+        kind = torch.optim.AdamW if cfg.type == "adamw" else torch.optim.Adam
+        return kind(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps, **fused)
     if cfg.type == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise UsageError(f"unknown optimizer type '{cfg.type}': adamw, adam or sgd")

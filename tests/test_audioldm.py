@@ -24,8 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 AUDIO = AudioConfig(duration=0.64)
 
 
-def tiny_vae():
-    return KLVAE(latent_channels=4, channels=(8, 16), layers_per_block=1, norm_groups=4, mid_attention=False, audio=AUDIO)
+def tiny_vae(**options):
+    return KLVAE(latent_channels=4, channels=(8, 16), layers_per_block=1, norm_groups=4, mid_attention=False, audio=AUDIO,
+                 **options)
 
 
 def test_kl_vae_conforms_and_pads_odd_lengths():
@@ -34,6 +35,36 @@ def test_kl_vae_conforms_and_pads_odd_lengths():
     check_autoencoder(vae, torch.randn(2, 1, 64, 64))
     z = vae.encode(torch.randn(1, 1, 63, 64))
     assert z.shape == (1, *vae.latent_shape(63)) == (1, 4, 32, 32)
+
+
+def test_kl_vae_centres_its_input_and_answers_in_log_mel_units():
+    torch.manual_seed(0)
+    plain = tiny_vae()
+    centred = tiny_vae(mel_mean=-5.0, mel_std=2.0)
+    centred.load_state_dict(plain.state_dict())
+    mel = torch.randn(2, 1, 64, 64) * 2 - 5
+    torch.testing.assert_close(centred.encode(mel), plain.encode((mel + 5) / 2))
+    z = torch.randn(2, 4, 32, 32)
+    torch.testing.assert_close(centred.decode(z), plain.decode(z) * 2 - 5)
+    torch.testing.assert_close(centred(mel, sample=False)[0], plain((mel + 5) / 2, sample=False)[0] * 2 - 5)
+    check_autoencoder(centred, mel)
+    with pytest.raises(ValueError, match="mel_std must be positive"):
+        tiny_vae(mel_std=0.0)
+
+
+def test_unet2d_patches_run_the_network_at_half_size_and_give_the_latent_back():
+    torch.manual_seed(0)
+    unet = UNet2D(in_channels=4, channels=(16, 32), layers_per_block=1, cross_attention_dim=8, norm_groups=8,
+                  head_dim=8, patch_size=2)
+    seen = []
+    unet.unet.conv_in.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape[1:])))
+    cond = Conditioning(tokens=torch.randn(3, 5, 8), mask=torch.ones(3, 5, dtype=torch.bool))
+    check_denoiser(unet, torch.randn(3, 4, 13, 8), cond)  # 13 rows: padded to 16, then 2x2 patches
+    assert seen[0] == (16, 8, 4)
+    with pytest.raises(ValueError, match="patch_size"):
+        UNet2D(in_channels=4, cross_attention_dim=8, patch_size=2, diffusers_config={"in_channels": 4})
+    with pytest.raises(ValueError, match="patch_size must be at least 1"):
+        UNet2D(in_channels=4, cross_attention_dim=8, patch_size=0)
 
 
 @pytest.mark.parametrize("height", [16, 13])
@@ -172,7 +203,10 @@ def _recon_error(vae_weights, sounds):
     from tta_core.data.dataset import AudioTextDataset, collate
     from tta_datasets.readers import jsonl
 
-    vae = tiny_vae()
+    from tta_core.recipe import load_recipe
+
+    node = load_recipe(REPO / "recipes/quickstart.yaml").get("components")["vae"]
+    vae = tiny_vae(mel_mean=node.get("mel_mean", 0.0), mel_std=node.get("mel_std", 1.0))
     if vae_weights is not None:
         vae.load_state_dict(vae_weights)
     batch = collate([AudioTextDataset(jsonl(str(sounds)), AUDIO, train=False)[i] for i in range(16)])

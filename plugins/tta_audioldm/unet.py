@@ -9,6 +9,11 @@ Conditioning (tta_core.interfaces.Conditioning):
 Latents whose height or width is not a multiple of 2 ** (levels - 1) are padded and the
 output cropped back.
 
+``patch_size: p`` folds each p x p patch of the latent into channels before the network and
+unfolds the output (pixel (un)shuffle, as DiT-style models patchify), so the U-Net runs at
+1 / p of the latent's height and width: about p ** 2 times less compute in the convolutions,
+the lever for training on a CPU.
+
 ``diffusers_config``: a whole UNet2DConditionModel configuration (a diffusers ``unet/config.json``,
 as ``tta-run import audioldm-diffusers`` writes it into the recipe) builds that network
 exactly; ``cross_attention_dim`` / ``pooled_dim`` still say which conditioning it takes, and
@@ -38,6 +43,7 @@ class UNet2D(torch.nn.Module):
         pooled_concat: bool = False,
         head_dim: int = 32,  # channels per attention head
         norm_groups: int = 32,
+        patch_size: int = 1,
         gradient_checkpointing: bool = False,
         diffusers_config: dict | None = None,
     ):
@@ -45,9 +51,14 @@ class UNet2D(torch.nn.Module):
         from diffusers import UNet2DConditionModel
 
         channels = tuple(channels)
+        if int(patch_size) < 1:
+            raise ValueError(f"unet2d: patch_size must be at least 1, got {patch_size}")
+        self.patch = int(patch_size)
         if cross_attention_dim is None and pooled_dim is None:
             raise ValueError("unet2d needs cross_attention_dim (token conditioning), pooled_dim (pooled), or both")
         if diffusers_config is not None:
+            if self.patch != 1:
+                raise ValueError("unet2d: patch_size is for networks built here, not with diffusers_config")
             self.unet = UNet2DConditionModel.from_config(dict(diffusers_config))
             # sizes as given, as the network's own pipeline passes them (diffusers upsamples to each skip's size)
             self._finish(cross_attention_dim, pooled_dim, 1, gradient_checkpointing)
@@ -59,7 +70,7 @@ class UNet2D(torch.nn.Module):
         down = tuple(("CrossAttnDownBlock2D" if cross else "AttnDownBlock2D") if a else "DownBlock2D" for a in attention)
         up = tuple(("CrossAttnUpBlock2D" if cross else "AttnUpBlock2D") if a else "UpBlock2D" for a in reversed(attention))
         self.unet = UNet2DConditionModel(
-            in_channels=in_channels, out_channels=in_channels,
+            in_channels=in_channels * self.patch**2, out_channels=in_channels * self.patch**2,
             down_block_types=down, up_block_types=up,
             mid_block_type="UNetMidBlock2DCrossAttn" if cross else "UNetMidBlock2D",
             block_out_channels=channels, layers_per_block=layers_per_block,
@@ -71,7 +82,7 @@ class UNet2D(torch.nn.Module):
             projection_class_embeddings_input_dim=pooled_dim,
             class_embeddings_concat=pooled_concat,
         )
-        self._finish(cross_attention_dim, pooled_dim, 2 ** (len(channels) - 1), gradient_checkpointing)
+        self._finish(cross_attention_dim, pooled_dim, self.patch * 2 ** (len(channels) - 1), gradient_checkpointing)
 
     def _finish(self, cross_attention_dim, pooled_dim, multiple: int, gradient_checkpointing: bool) -> None:
         self.unet.set_attn_processor(_attention_processor())
@@ -101,7 +112,11 @@ class UNet2D(torch.nn.Module):
                 got = None if cond.pooled is None else cond.pooled.shape[-1]
                 raise ValueError(f"unet2d expects a {self.pooled_dim}-wide pooled vector, got {got}")
             kwargs["class_labels"] = cond.pooled
+        if self.patch > 1:
+            x = torch.nn.functional.pixel_unshuffle(x, self.patch)
         out = self.unet(x, t, **kwargs).sample
+        if self.patch > 1:
+            out = torch.nn.functional.pixel_shuffle(out, self.patch)
         return out[..., :h, :w]
 
 

@@ -230,6 +230,9 @@ class Pipeline:
     precision: str = "fp32"
     weights: dict[str, LoadedWeights] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.precision = resolve_precision(self.precision, self.device)  # auto -> what this device runs natively
+
     # -- settings ---------------------------------------------------------------------------
     @property
     def defaults(self) -> Mapping[str, Any]:
@@ -561,7 +564,7 @@ class Pipeline:
         return Conditioning.cat(parts)
 
     def _net(self) -> Any:
-        dtype = _PRECISIONS[resolve_precision(self.precision, self.device) if self.precision == "auto" else self.precision]
+        dtype = _PRECISIONS[self.precision]
         if dtype is None:
             return self.denoiser
         net, device_type = self.denoiser, self.device.type
@@ -659,7 +662,6 @@ def load_pipeline(recipe: str | os.PathLike | Recipe, *, run_dir: str | os.PathL
     named = {roles[role]: c for role, c in built.items()}
     weights = load_weights_for(named, recipe, run_dir, ckpt=ckpt, ema=ema)
     dev = pick_device(device)
-    precision = resolve_precision(precision, dev)
     for component in built.values():
         if isinstance(component, torch.nn.Module):
             component.to(dev).eval().requires_grad_(False)

@@ -204,3 +204,48 @@ def test_rerank_refuses_an_embedder_without_text_before_generating(tiny_run, tmp
     assert main(["recipes/quickstart.yaml", "sample", "--text", "white noise", "--n", "2", "--rerank", "mel_stats",
                  "--steps", "2", "--out", str(out), *args]) == 2
     assert "no text side" in capsys.readouterr().err and not out.exists()
+
+
+def test_adherence_classifier_names_each_kind_and_the_direction_of_short_sweeps():
+    """The adherence classifier, fitted on synthetic clips, names the kind of held-out ones,
+    and tells a sweep's direction where the sweep fills only a quarter of the window, after or
+    before near-silence (the floor around it must not count as part of the sweep)."""
+    import numpy as np
+
+    from tta_core.data.config import AudioConfig
+    from tta_core.data.mel import log_mel
+    from tta_core.eval.adherence import AdherenceClassifier, features, score
+    from tta_core.synth import sounds
+    from tta_core.synth.dsp import fades, finish, oscillator, sweep
+
+    audio = AudioConfig.from_mapping({"sample_rate": 16000, "duration": 1.28,
+                                      "mel": {"n_fft": 1024, "hop": 160, "win": 1024, "n_mels": 64}})
+    n = 20480
+
+    def mels(waves):
+        return log_mel(torch.from_numpy(np.stack(waves)).float(), audio)
+
+    def clips(count, seed):
+        made = [sounds.make(i, seed, n, 16000) for i in range(count)]
+        return mels([w for w, _ in made]), [f["label"] for _, f in made]
+
+    x, y = clips(240, seed=5)
+    clf = AdherenceClassifier.fit(features(x), y)
+    x_held, y_held = clips(80, seed=6)
+    assert score(clf, features(x_held), y_held, 0.0).overall >= 0.95
+
+    short, labels = [], []
+    rng = np.random.default_rng(0)
+    for k in range(16):  # sweeps over a quarter of the window, at its start or at its end
+        up = k % 2 == 0
+        lo, hi = rng.uniform(200, 600), rng.uniform(2500, 6000)
+        m = int(n * rng.uniform(0.2, 0.35))
+        seg = oscillator(sweep(lo, hi, m, 16000) if up else sweep(hi, lo, m, 16000), m, 16000) * fades(m, 16000)
+        wave = np.zeros(n)
+        if k % 4 < 2:
+            wave[n - m:] = seg
+        else:
+            wave[:m] = seg
+        short.append(finish(wave, rng)[0])
+        labels.append("rising_chirp" if up else "falling_chirp")
+    assert clf.predict(features(mels(short))) == labels

@@ -5,7 +5,9 @@ training set; never on generated audio) and then labels generated clips. Its fea
 hand-made from the recipe's log-mel, so it needs no weights:
 
 - the mean and the spread over time of each mel band (timbre, pitch region, noisiness);
-- the slope of the spectral centroid over time (rising vs falling sweeps);
+- the slope of the spectral centroid over time (rising vs falling sweeps) and its correlation
+  with time, both weighted by each frame's power: a sweep that starts after a stretch of
+  near-silence is measured where it sounds, not pulled down by the noise floor before it;
 - the loudness envelope: its slope (decays), spread, and modulation spectrum (click trains);
 - spectral flatness (noise vs tones).
 
@@ -33,13 +35,19 @@ def features(mel: torch.Tensor) -> torch.Tensor:
     bins = torch.arange(f, dtype=x.dtype, device=x.device)
     centroid = (power * bins).sum(-1) / power.sum(-1).clamp(min=1e-8)  # [B, T]
     time = torch.linspace(-1, 1, t, device=x.device)
-    slope = ((centroid - centroid.mean(1, keepdim=True)) * time).mean(1, keepdim=True) / (time**2).mean()
     loud = torch.logsumexp(x, dim=-1)  # [B, T]
+    w = torch.softmax(loud, dim=1)  # each frame's share of the clip's power
+    dt = time - (w * time).sum(1, keepdim=True)
+    dc = centroid - (w * centroid).sum(1, keepdim=True)
+    cov = (w * dt * dc).sum(1, keepdim=True)
+    var_t = (w * dt**2).sum(1, keepdim=True).clamp(min=1e-4)
+    var_c = (w * dc**2).sum(1, keepdim=True).clamp(min=1e-4)
+    slope, corr = cov / var_t, cov / (var_t * var_c).sqrt()
     loud_slope = ((loud - loud.mean(1, keepdim=True)) * time).mean(1, keepdim=True) / (time**2).mean()
     env = loud - loud.mean(1, keepdim=True)
     modulation = torch.fft.rfft(env, dim=1).abs()[:, 1:17] / t  # rhythms up to ~8 per clip-length
     flatness = (x.mean(-1) - torch.log(power.mean(-1).clamp(min=1e-8))).mean(1, keepdim=True)
-    return torch.cat([mean, spread, slope / f, loud_slope, env.std(1, keepdim=True), modulation, flatness], dim=1)
+    return torch.cat([mean, spread, slope / f, corr, loud_slope, env.std(1, keepdim=True), modulation, flatness], dim=1)
 
 
 @dataclass

@@ -63,8 +63,29 @@ def test_unet2d_patches_run_the_network_at_half_size_and_give_the_latent_back():
     assert seen[0] == (16, 8, 4)
     with pytest.raises(ValueError, match="patch_size"):
         UNet2D(in_channels=4, cross_attention_dim=8, patch_size=2, diffusers_config={"in_channels": 4})
-    with pytest.raises(ValueError, match="patch_size must be at least 1"):
+    with pytest.raises(ValueError, match="patch_size is a whole number of at least 1"):
         UNet2D(in_channels=4, cross_attention_dim=8, patch_size=0)
+    with pytest.raises(ValueError, match="patch_size"):
+        UNet2D(in_channels=4, cross_attention_dim=8, patch_size=[1, 2, 2])
+
+
+def test_unet2d_rectangular_patches_keep_every_frame_and_fold_frequency():
+    from tta_audioldm.unet import _patch, _unpatch
+
+    torch.manual_seed(0)
+    unet = UNet2D(in_channels=4, channels=(16, 32), layers_per_block=1, cross_attention_dim=8, norm_groups=8,
+                  head_dim=8, patch_size=[1, 2])
+    seen = []
+    unet.unet.conv_in.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape[1:])))
+    cond = Conditioning(tokens=torch.randn(3, 5, 8), mask=torch.ones(3, 5, dtype=torch.bool))
+    check_denoiser(unet, torch.randn(3, 4, 13, 8), cond)  # 13 rows padded to 14; 8 columns fold to 4
+    assert seen[0] == (8, 14, 4)
+    x = torch.randn(2, 3, 6, 8)
+    assert torch.equal(_unpatch(_patch(x, (1, 2)), (1, 2)), x)
+    assert torch.equal(_patch(x, (2, 2)), torch.nn.functional.pixel_unshuffle(x, 2))  # square: as before
+    # each output position holds its own time step's pair of frequency rows
+    folded = _patch(x, (1, 2))
+    assert torch.equal(folded[:, 0::2], x[:, :, :, 0::2]) and torch.equal(folded[:, 1::2], x[:, :, :, 1::2])
 
 
 @pytest.mark.parametrize("height", [16, 13])

@@ -12,7 +12,9 @@ output cropped back.
 ``patch_size: p`` folds each p x p patch of the latent into channels before the network and
 unfolds the output (pixel (un)shuffle, as DiT-style models patchify), so the U-Net runs at
 1 / p of the latent's height and width: about p ** 2 times less compute in the convolutions,
-the lever for training on a CPU.
+the lever for training on a CPU. ``patch_size: [pt, pf]`` patches time (height) and frequency
+(width) by different factors, e.g. ``[1, 2]`` keeps every latent frame and folds pairs of
+frequency rows.
 
 ``diffusers_config``: a whole UNet2DConditionModel configuration (a diffusers ``unet/config.json``,
 as ``tta-run import audioldm-diffusers`` writes it into the recipe) builds that network
@@ -43,7 +45,7 @@ class UNet2D(torch.nn.Module):
         pooled_concat: bool = False,
         head_dim: int = 32,  # channels per attention head
         norm_groups: int = 32,
-        patch_size: int = 1,
+        patch_size: int | Sequence[int] = 1,
         gradient_checkpointing: bool = False,
         diffusers_config: dict | None = None,
     ):
@@ -51,17 +53,19 @@ class UNet2D(torch.nn.Module):
         from diffusers import UNet2DConditionModel
 
         channels = tuple(channels)
-        if int(patch_size) < 1:
-            raise ValueError(f"unet2d: patch_size must be at least 1, got {patch_size}")
-        self.patch = int(patch_size)
+        patch = [patch_size] * 2 if isinstance(patch_size, (int, float)) else list(patch_size)
+        if len(patch) != 2 or any(int(p) != p or p < 1 for p in patch):
+            raise ValueError(f"unet2d: patch_size is a whole number of at least 1, or two of them "
+                             f"(time, frequency), got {patch_size}")
+        self.patch = (int(patch[0]), int(patch[1]))
         if cross_attention_dim is None and pooled_dim is None:
             raise ValueError("unet2d needs cross_attention_dim (token conditioning), pooled_dim (pooled), or both")
         if diffusers_config is not None:
-            if self.patch != 1:
+            if self.patch != (1, 1):
                 raise ValueError("unet2d: patch_size is for networks built here, not with diffusers_config")
             self.unet = UNet2DConditionModel.from_config(dict(diffusers_config))
             # sizes as given, as the network's own pipeline passes them (diffusers upsamples to each skip's size)
-            self._finish(cross_attention_dim, pooled_dim, 1, gradient_checkpointing)
+            self._finish(cross_attention_dim, pooled_dim, (1, 1), gradient_checkpointing)
             return
         attention = tuple(attention_levels) if attention_levels is not None else (True,) * len(channels)
         if len(attention) != len(channels):
@@ -70,7 +74,7 @@ class UNet2D(torch.nn.Module):
         down = tuple(("CrossAttnDownBlock2D" if cross else "AttnDownBlock2D") if a else "DownBlock2D" for a in attention)
         up = tuple(("CrossAttnUpBlock2D" if cross else "AttnUpBlock2D") if a else "UpBlock2D" for a in reversed(attention))
         self.unet = UNet2DConditionModel(
-            in_channels=in_channels * self.patch**2, out_channels=in_channels * self.patch**2,
+            in_channels=in_channels * self.patch[0] * self.patch[1], out_channels=in_channels * self.patch[0] * self.patch[1],
             down_block_types=down, up_block_types=up,
             mid_block_type="UNetMidBlock2DCrossAttn" if cross else "UNetMidBlock2D",
             block_out_channels=channels, layers_per_block=layers_per_block,
@@ -82,18 +86,19 @@ class UNet2D(torch.nn.Module):
             projection_class_embeddings_input_dim=pooled_dim,
             class_embeddings_concat=pooled_concat,
         )
-        self._finish(cross_attention_dim, pooled_dim, self.patch * 2 ** (len(channels) - 1), gradient_checkpointing)
+        self._finish(cross_attention_dim, pooled_dim, tuple(p * 2 ** (len(channels) - 1) for p in self.patch),
+                     gradient_checkpointing)
 
-    def _finish(self, cross_attention_dim, pooled_dim, multiple: int, gradient_checkpointing: bool) -> None:
+    def _finish(self, cross_attention_dim, pooled_dim, multiple: tuple[int, int], gradient_checkpointing: bool) -> None:
         self.unet.set_attn_processor(_attention_processor())
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.cross_attention_dim, self.pooled_dim = cross_attention_dim, pooled_dim
-        self.multiple = multiple  # latent sizes are padded up to a multiple of this, the output cropped
+        self.multiple = multiple  # latent heights / widths are padded up to multiples of these, the output cropped
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         h, w = x.shape[-2:]
-        ph, pw = -h % self.multiple, -w % self.multiple
+        ph, pw = -h % self.multiple[0], -w % self.multiple[1]
         if ph or pw:
             x = torch.nn.functional.pad(x, (0, pw, 0, ph))
         kwargs = {}
@@ -112,12 +117,27 @@ class UNet2D(torch.nn.Module):
                 got = None if cond.pooled is None else cond.pooled.shape[-1]
                 raise ValueError(f"unet2d expects a {self.pooled_dim}-wide pooled vector, got {got}")
             kwargs["class_labels"] = cond.pooled
-        if self.patch > 1:
-            x = torch.nn.functional.pixel_unshuffle(x, self.patch)
-        out = self.unet(x, t, **kwargs).sample
-        if self.patch > 1:
-            out = torch.nn.functional.pixel_shuffle(out, self.patch)
+        out = _unpatch(self.unet(_patch(x, self.patch), t, **kwargs).sample, self.patch)
         return out[..., :h, :w]
+
+
+def _patch(x: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C * pt * pf, H / pt, W / pf], channels ordered as pixel_unshuffle's."""
+    pt, pf = patch
+    if pt == pf:
+        return torch.nn.functional.pixel_unshuffle(x, pt) if pt > 1 else x
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // pt, pt, w // pf, pf).permute(0, 1, 3, 5, 2, 4)
+    return x.reshape(b, c * pt * pf, h // pt, w // pf)
+
+
+def _unpatch(x: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
+    pt, pf = patch
+    if pt == pf:
+        return torch.nn.functional.pixel_shuffle(x, pt) if pt > 1 else x
+    b, c, h, w = x.shape
+    x = x.reshape(b, c // (pt * pf), pt, pf, h, w).permute(0, 1, 4, 2, 5, 3)
+    return x.reshape(b, c // (pt * pf), h * pt, w * pf)
 
 
 def _attention_processor():

@@ -31,6 +31,7 @@ def _args(p: argparse.ArgumentParser) -> None:
 @verb("train", "train the recipe's stages in order, resuming from the run dir", _args)
 def _train(args: argparse.Namespace) -> int:
     import logging
+    import time
 
     from ..errors import UsageError
     from ..runs import default_run_dir
@@ -56,8 +57,10 @@ def _train(args: argparse.Namespace) -> int:
                           precision=args.precision, max_steps=args.max_steps, seed=args.seed, fresh=args.fresh,
                           init_from=args.init_from, allow_partial=args.allow_partial,
                           progress=not args.no_progress and sys.stderr.isatty())
+        started = time.perf_counter()
         result = trainer.run_stage()
-        print(f"stage '{stage.name}': step {result.step}, checkpoint {result.checkpoint}"
+        print(f"stage '{stage.name}': step {result.step} ({time.perf_counter() - started:.0f} s), "
+              f"checkpoint {result.checkpoint}"
               + (f", {result.nonfinite_skipped} non-finite steps skipped" if result.nonfinite_skipped else ""))
         if result.signal:
             print(f"stopped by signal {result.signal}; resume with the same command", file=sys.stderr)

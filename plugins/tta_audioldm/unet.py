@@ -122,10 +122,11 @@ class UNet2D(torch.nn.Module):
 
 
 def _patch(x: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
-    """[B, C, H, W] -> [B, C * pt * pf, H / pt, W / pf], channels ordered as pixel_unshuffle's."""
+    """[B, C, H, W] -> [B, C * pt * pf, H / pt, W / pf], channels ordered as pixel_unshuffle's
+    (square patches are exactly pixel_unshuffle, so weights trained with them still load)."""
     pt, pf = patch
-    if pt == pf:
-        return torch.nn.functional.pixel_unshuffle(x, pt) if pt > 1 else x
+    if pt == pf == 1:
+        return x
     b, c, h, w = x.shape
     x = x.reshape(b, c, h // pt, pt, w // pf, pf).permute(0, 1, 3, 5, 2, 4)
     return x.reshape(b, c * pt * pf, h // pt, w // pf)
@@ -133,8 +134,8 @@ def _patch(x: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
 
 def _unpatch(x: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
     pt, pf = patch
-    if pt == pf:
-        return torch.nn.functional.pixel_shuffle(x, pt) if pt > 1 else x
+    if pt == pf == 1:
+        return x
     b, c, h, w = x.shape
     x = x.reshape(b, c // (pt * pf), pt, pf, h, w).permute(0, 1, 4, 2, 5, 3)
     return x.reshape(b, c // (pt * pf), h * pt, w * pf)

@@ -34,7 +34,7 @@ test: install
 # trained on it, then eight clips for every label from its captions, scored for prompt adherence;
 # it fails (exit 1) when fewer than DEMO_MIN_ACCURACY of the clips sound like their prompt
 # (chance is 0.125). The budget is for training plus sampling: at most 10 minutes on 2 CPU cores.
-DEMO_MIN_ACCURACY ?= 0.55
+DEMO_MIN_ACCURACY ?= 0.8
 
 demo: install
 	@start=$$(date +%s); set -e; \

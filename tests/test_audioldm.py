@@ -251,6 +251,42 @@ def test_vae_gan_trains_a_vae_that_reconstructs_better(sounds, tmp_path, monkeyp
     assert float(trained["scale_factor"]) != 1.0  # scale-by-std was estimated from the data
 
 
+def test_a_stage_trains_on_its_own_example_length(sounds, tmp_path, monkeypatch, capsys):
+    """train.<stage>.duration: the VAE learns from 0.32 s crops cut from the mels `prepare`
+    cached for the recipe's 0.64 s, and the LDM stage then trains on it at full length."""
+    import tta_core.data.dataset as dataset
+    from tta_audioldm.vae_gan import VAEGAN
+
+    monkeypatch.chdir(REPO)
+    assert run(["recipes/quickstart.yaml", "prepare"], sounds, tmp_path) == 0
+    frames = []
+    losses = VAEGAN.losses
+    monkeypatch.setattr(VAEGAN, "losses", lambda self, batch, *a: frames.append(batch["mel"].shape[-2])
+                        or losses(self, batch, *a))
+
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded an audio file the mel cache holds")
+
+    monkeypatch.setattr(dataset, "load_clip", no_decoding)
+    assert run(["recipes/quickstart.yaml", "train", "--stage", "vae", "--max-steps", "2", "--no-progress"],
+               sounds, tmp_path, "train.vae.duration=0.32") == 0
+    assert frames == [AudioConfig(duration=0.32).num_frames] * 2 == [32, 32]
+    monkeypatch.undo()
+    monkeypatch.chdir(REPO)
+    assert run(["recipes/quickstart.yaml", "train", "--stage", "ldm", "--max-steps", "1", "--no-progress"],
+               sounds, tmp_path, "train.vae.duration=0.32") == 0
+    assert latest_checkpoint(tmp_path / "run/ldm/checkpoints").step == 1
+
+    # a length that cannot work is refused before any stage trains
+    capsys.readouterr()
+    for bad, why in (("0", "a positive number"), ("0.01", "shorter than one STFT window")):
+        assert run(["recipes/quickstart.yaml", "train", "--no-progress"], sounds, tmp_path / "bad",
+                   f"train.ldm.duration={bad}") == 2
+        err = capsys.readouterr().err
+        assert "train.ldm.duration" in err and why in err
+    assert not (tmp_path / "bad/run/vae").exists()
+
+
 def test_vae_gan_steps_the_discriminator_only_after_disc_start(sounds, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     args = ["recipes/quickstart.yaml", "train", "--stage", "vae", "--max-steps", "2", "--no-progress"]

@@ -121,6 +121,7 @@ STAGE_FIELDS: dict[str, Any] = {
     "init_from": str,
     "max_steps": int,
     "batch_size": int,
+    "duration": Number,  # seconds per training example in this stage (default: audio.duration)
     "grad_accum": int,
     "grad_clip": typing.Optional[Number],
     "precision": typing.Literal["auto", "fp32", "bf16", "fp16"],

@@ -33,6 +33,7 @@ def _train(args: argparse.Namespace) -> int:
     import logging
     import time
 
+    from ..data.config import AudioConfig
     from ..errors import UsageError
     from ..runs import default_run_dir
     from ..training.engine import Trainer
@@ -49,6 +50,10 @@ def _train(args: argparse.Namespace) -> int:
     unknown = [s for s in chosen if s not in names]
     if unknown:
         raise UsageError(f"no stage named {', '.join(map(repr, unknown))}; stages: {', '.join(names)}")
+    audio = AudioConfig.from_mapping(recipe.get("audio"))
+    for stage in stages:  # every stage's own example length is checked before any stage trains
+        if stage.duration is not None:
+            audio.with_duration(stage.duration, f"train.{stage.name}.duration")
     run_dir = args.run_dir or default_run_dir(recipe)
     for stage in stages:
         if stage.name not in chosen:

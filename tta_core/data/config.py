@@ -75,6 +75,18 @@ class AudioConfig:
         m = self.mel
         return (n_samples + 2 * m.pad - m.n_fft) // m.hop + 1
 
+    def with_duration(self, seconds: float, where: str = "duration") -> "AudioConfig":
+        """These settings with examples of ``seconds`` each (a stage's own crop length);
+        ``min_duration`` is lowered to it where it was longer. Raises RecipeError when the
+        length cannot work (e.g. shorter than one STFT window)."""
+        from ..recipe import RecipeError, RecipeIssue
+
+        cfg = dataclasses.replace(self, duration=float(seconds), min_duration=min(self.min_duration, float(seconds)))
+        problems = cfg._problems()
+        if problems:
+            raise RecipeError([RecipeIssue(None, f"{where}: {p}") for p in problems])
+        return cfg
+
     def cache_settings(self) -> dict:
         """Everything that changes a cached mel's values; the cache key is their digest.
         (``on_bad_item`` decides what happens to a bad file, not what a good one holds.)"""

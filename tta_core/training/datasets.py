@@ -23,11 +23,13 @@ def items_for(ctx: Any, split: str = "train"):
 
 def training_dataset(ctx: Any, *, mel: bool = True, wave: bool = False, split: str = "train", train: bool = True):
     """AudioTextDataset over ``data.<split>``, reading mels from the run's cache when
-    ``tta-run RECIPE prepare`` filled it (cached and fresh mels are identical)."""
+    ``tta-run RECIPE prepare`` filled it (cached and fresh mels are identical). The cache holds
+    whole clips under the recipe's audio settings; examples are cropped to the stage's length."""
     from ..data.cache import mel_cache
     from ..data.dataset import AudioTextDataset
 
     cache_root = ctx.run_dir / "cache"
-    cache = mel_cache(cache_root, ctx.audio) if mel and cache_root.exists() else None
+    cache_audio = getattr(ctx, "cache_audio", None) or ctx.audio
+    cache = mel_cache(cache_root, cache_audio) if mel and cache_root.exists() else None
     return AudioTextDataset(items_for(ctx, split), ctx.audio, train=train, seed=ctx.stage.seed, cache=cache,
                             mel=mel, wave=wave)

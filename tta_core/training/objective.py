@@ -39,7 +39,7 @@ class StageContext:
     components: dict[str, Any]
     roles: dict[str, str]
     trains: tuple[str, ...]
-    audio: Any
+    audio: Any  # the stage's examples: the recipe's audio settings, with the stage's duration if it has one
     device: "torch.device"
     run_dir: Path
     registry: Any
@@ -48,6 +48,7 @@ class StageContext:
     world_size: int = 1
     rank: int = 0
     barrier: Any = lambda: None  # waits for every process (work only the main one does)
+    cache_audio: Any = None  # the recipe's audio settings, under which `prepare` cached whole-clip mels
 
     def role(self, kind: str) -> Any:
         """The component filling ``kind`` (e.g. "autoencoder"); a clear error when none does."""

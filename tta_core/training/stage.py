@@ -46,6 +46,7 @@ class StageConfig:
     init_from: str | None = None
     max_steps: int = 1000
     batch_size: int = 16
+    duration: float | None = None  # seconds per example in this stage; None: the recipe's audio.duration
     grad_accum: int = 1
     grad_clip: float | None = 1.0
     precision: str = "fp32"
@@ -97,6 +98,12 @@ def parse_stage(raw: Mapping[str, Any]) -> StageConfig:
         kwargs["lr_schedule"] = _sub(ScheduleConfig, kwargs["lr_schedule"], f"train.{name}.lr_schedule")
     if kwargs.get("ema") is not None:  # ema: null (e.g. from --set) means no EMA
         kwargs["ema"] = _sub(EMAConfig, kwargs["ema"], f"train.{name}.ema")
+    if kwargs.get("duration") is not None:
+        if isinstance(kwargs["duration"], bool) or not isinstance(kwargs["duration"], (int, float)) \
+                or kwargs["duration"] <= 0:
+            raise UsageError(f"train.{name}.duration: seconds per training example, a positive number, "
+                             f"got {kwargs['duration']!r}")
+        kwargs["duration"] = float(kwargs["duration"])
     for key in ("trains", "frozen", "milestones"):
         if key in kwargs:
             kwargs[key] = tuple(kwargs[key])

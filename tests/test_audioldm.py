@@ -276,10 +276,17 @@ def test_a_stage_trains_on_its_own_example_length(sounds, tmp_path, monkeypatch,
     assert run(["recipes/quickstart.yaml", "train", "--stage", "ldm", "--max-steps", "1", "--no-progress"],
                sounds, tmp_path, "train.vae.duration=0.32") == 0
     assert latest_checkpoint(tmp_path / "run/ldm/checkpoints").step == 1
+    # an LDM stage of its own length encodes its latents from the same prepared mels
+    import tta_core.training.caching as caching
+
+    monkeypatch.setattr(caching, "load_clip", no_decoding)
+    assert run(["recipes/quickstart.yaml", "train", "--stage", "ldm", "--max-steps", "2", "--no-progress"],
+               sounds, tmp_path, "train.vae.duration=0.32", "train.ldm.duration=0.32") == 0
+    assert latest_checkpoint(tmp_path / "run/ldm/checkpoints").step == 2
 
     # a length that cannot work is refused before any stage trains
     capsys.readouterr()
-    for bad, why in (("0", "a positive number"), ("0.01", "shorter than one STFT window")):
+    for bad, why in (("0", "must be positive"), ("0.01", "shorter than one STFT window")):
         assert run(["recipes/quickstart.yaml", "train", "--no-progress"], sounds, tmp_path / "bad",
                    f"train.ldm.duration={bad}") == 2
         err = capsys.readouterr().err

@@ -264,7 +264,7 @@ def build_caches(ctx: Any, autoencoder: Any, conditioner: Any | None, items: Seq
         name = ctx.roles["conditioner"]
         texts = text_cache(root, component_digest(recipe_nodes[name], conditioner))
     if ctx.rank == 0:
-        mels = mel_cache(root, ctx.audio) if getattr(autoencoder, "domain", "mel") == "mel" else None
+        mels = mel_cache(root, ctx.cache_audio) if getattr(autoencoder, "domain", "mel") == "mel" else None
         if latents is not None:
             t0 = time.perf_counter()
             counts = fill_latent_cache(latents, autoencoder, items, ctx.audio, device=ctx.device, mels=mels)

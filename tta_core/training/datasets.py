@@ -29,7 +29,6 @@ def training_dataset(ctx: Any, *, mel: bool = True, wave: bool = False, split: s
     from ..data.dataset import AudioTextDataset
 
     cache_root = ctx.run_dir / "cache"
-    cache_audio = getattr(ctx, "cache_audio", None) or ctx.audio
-    cache = mel_cache(cache_root, cache_audio) if mel and cache_root.exists() else None
+    cache = mel_cache(cache_root, ctx.cache_audio) if mel and cache_root.exists() else None
     return AudioTextDataset(items_for(ctx, split), ctx.audio, train=train, seed=ctx.stage.seed, cache=cache,
                             mel=mel, wave=wave)

@@ -49,6 +49,11 @@ class StageContext:
     rank: int = 0
     barrier: Any = lambda: None  # waits for every process (work only the main one does)
     cache_audio: Any = None  # the recipe's audio settings, under which `prepare` cached whole-clip mels
+                             # (None: ``audio``); a stage's examples are cropped from those
+
+    def __post_init__(self) -> None:
+        if self.cache_audio is None:
+            self.cache_audio = self.audio
 
     def role(self, kind: str) -> Any:
         """The component filling ``kind`` (e.g. "autoencoder"); a clear error when none does."""

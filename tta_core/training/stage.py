@@ -98,11 +98,7 @@ def parse_stage(raw: Mapping[str, Any]) -> StageConfig:
         kwargs["lr_schedule"] = _sub(ScheduleConfig, kwargs["lr_schedule"], f"train.{name}.lr_schedule")
     if kwargs.get("ema") is not None:  # ema: null (e.g. from --set) means no EMA
         kwargs["ema"] = _sub(EMAConfig, kwargs["ema"], f"train.{name}.ema")
-    if kwargs.get("duration") is not None:
-        if isinstance(kwargs["duration"], bool) or not isinstance(kwargs["duration"], (int, float)) \
-                or kwargs["duration"] <= 0:
-            raise UsageError(f"train.{name}.duration: seconds per training example, a positive number, "
-                             f"got {kwargs['duration']!r}")
+    if kwargs.get("duration") is not None:  # checked against the audio settings by AudioConfig.with_duration
         kwargs["duration"] = float(kwargs["duration"])
     for key in ("trains", "frozen", "milestones"):
         if key in kwargs:

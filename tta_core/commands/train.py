@@ -52,8 +52,7 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError(f"no stage named {', '.join(map(repr, unknown))}; stages: {', '.join(names)}")
     audio = AudioConfig.from_mapping(recipe.get("audio"))
     for stage in stages:  # every stage's own example length is checked before any stage trains
-        if stage.duration is not None:
-            audio.with_duration(stage.duration, f"train.{stage.name}.duration")
+        stage.audio_for(audio)
     run_dir = args.run_dir or default_run_dir(recipe)
     for stage in stages:
         if stage.name not in chosen:

@@ -239,10 +239,8 @@ class Trainer:
 
         # a stage may train on its own example length (an autoencoder, being convolutional,
         # learns as well from shorter crops, at a fraction of the cost)
-        audio = self.audio if stage.duration is None else \
-            self.audio.with_duration(stage.duration, f"train.{stage.name}.duration")
         ctx = StageContext(recipe=self.recipe, stage=stage, components={**components, **extra}, roles=roles,
-                           trains=stage.trains, audio=audio, device=device, run_dir=self.run.root,
+                           trains=stage.trains, audio=stage.audio_for(self.audio), device=device, run_dir=self.run.root,
                            registry=self.registry, world_size=acc.num_processes, rank=acc.process_index,
                            barrier=acc.wait_for_everyone, cache_audio=self.audio)
         wrapped = {}

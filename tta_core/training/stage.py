@@ -63,6 +63,11 @@ class StageConfig:
     num_workers: int = 0
     log_every: int = 10
 
+    def audio_for(self, audio: Any) -> Any:
+        """The recipe's AudioConfig with this stage's ``duration``, when it has one; raises
+        RecipeError naming ``train.<stage>.duration`` when that length cannot work."""
+        return audio if self.duration is None else audio.with_duration(self.duration, f"train.{self.name}.duration")
+
     def optimizer_for(self, name: str) -> OptimizerConfig:
         return self.optimizers.get(name, self.optimizer)
 

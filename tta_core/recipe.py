@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections.abc
 import inspect
+import math
 import os
 import types
 import typing
@@ -66,6 +67,41 @@ INJECTED_ARGS = frozenset({"audio"})
 
 Number = float  # ints are accepted where a float is annotated
 
+
+@dataclass(frozen=True)
+class Range:
+    """Annotation: a number within bounds, checked by the validator with the file:line.
+
+    ``Annotated[int, Range(1)]`` is an integer of at least 1; ``Annotated[float, Range(0, 1)]``
+    a number in [0, 1]; ``above=0`` excludes the bound (a positive duration). Every number in
+    a recipe must be finite (``.nan`` and ``.inf`` are refused wherever a number is expected).
+    """
+
+    min: float | None = None
+    max: float | None = None
+    above: float | None = None  # exclusive lower bound
+
+    def problem(self, value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None  # the type check reports it
+        if self.above is not None and not value > self.above:
+            return f"must be greater than {self.above:g}, got {_show(value)}"
+        if self.min is not None and value < self.min:
+            return f"must be at least {self.min:g}, got {_show(value)}"
+        if self.max is not None and value > self.max:
+            return f"must be at most {self.max:g}, got {_show(value)}"
+        return None
+
+
+def at_least(low: float, kind: Any = int) -> Any:
+    """``kind`` (int by default) of at least ``low``: ``at_least(1)`` for steps and batch sizes."""
+    return typing.Annotated[kind, Range(min=low)]
+
+
+#: Numbers most settings take: a positive one, a fraction in [0, 1].
+Positive = typing.Annotated[float, Range(above=0)]
+Fraction = typing.Annotated[float, Range(0, 1)]
+
 #: The keys of each section and their types. Later layers add their keys here, so that a
 #: typo is an error rather than a silently ignored setting.
 SECTIONS: dict[str, Any] = {
@@ -74,28 +110,29 @@ SECTIONS: dict[str, Any] = {
     "run_dir": str,  # relative to the recipe file's folder; default runs/<name>
     # tta_core.data.config.AudioConfig reads this section; a test keeps the two in step.
     "audio": {
-        "sample_rate": int,
-        "duration": Number,
-        "min_duration": Number,
+        "sample_rate": at_least(1),
+        "duration": Positive,
+        "min_duration": at_least(0, float),
         "normalize": bool,
-        "channels": int,
+        "channels": at_least(1),
         "on_bad_item": typing.Literal["skip", "fail"],
-        "mel": {"n_fft": int, "hop": int, "win": int, "n_mels": int, "fmin": Number, "fmax": Number},
+        "mel": {"n_fft": at_least(1), "hop": at_least(1), "win": at_least(1), "n_mels": at_least(1),
+                "fmin": at_least(0, float), "fmax": Positive},
     },
     "data": dict[str, Component("dataset")],
     "components": "components",  # validated by _check_components
     "train": "train",  # a list of STAGE_FIELDS mappings
     "sample": {
         "sampler": Component("sampler"),
-        "steps": int,
-        "guidance": Number,
-        "guidance_rescale": Number,  # phi of diffusers' rescale_noise_cfg, 0..1
-        "guidance_interval": tuple[Number, Number],  # guide only where sigma is in [lo, hi]
+        "steps": at_least(1),
+        "guidance": at_least(0, float),
+        "guidance_rescale": Fraction,  # phi of diffusers' rescale_noise_cfg
+        "guidance_interval": tuple[at_least(0, float), at_least(0, float)],  # guide only where sigma is in [lo, hi]
         "negative": str,
-        "decode_steps": int,
-        "seed": int,
-        "duration": Number,
-        "batch_size": int,
+        "decode_steps": at_least(1),
+        "seed": at_least(0),
+        "duration": Positive,
+        "batch_size": at_least(1),
         "autoencoder": Ref("autoencoder"),
         "conditioner": Ref("conditioner"),
         "denoiser": Ref("denoiser"),
@@ -106,12 +143,13 @@ SECTIONS: dict[str, Any] = {
         "embedder": Component("embedder"),
         "text_embedder": Component("embedder"),
         "metrics": list[str],
-        "max_missing": Number,
+        "max_missing": Fraction,
     },
 }
 
-_OPTIMIZER = {"type": typing.Literal["adamw", "adam", "sgd"], "lr": Number, "betas": tuple[Number, Number],
-              "weight_decay": Number, "eps": Number, "momentum": Number}
+_BETA = typing.Annotated[float, Range(0, 1)]
+_OPTIMIZER = {"type": typing.Literal["adamw", "adam", "sgd"], "lr": Positive, "betas": tuple[_BETA, _BETA],
+              "weight_decay": at_least(0, float), "eps": Positive, "momentum": at_least(0, float)}
 
 STAGE_FIELDS: dict[str, Any] = {
     "name": str,
@@ -119,24 +157,25 @@ STAGE_FIELDS: dict[str, Any] = {
     "trains": list[Ref(*KINDS)],
     "frozen": list[Ref(*KINDS)],
     "init_from": str,
-    "max_steps": int,
-    "batch_size": int,
-    "duration": Number,  # seconds per training example in this stage (default: audio.duration)
-    "grad_accum": int,
-    "grad_clip": typing.Optional[Number],
+    "max_steps": at_least(1),
+    "batch_size": at_least(1),
+    "duration": Positive,  # seconds per training example in this stage (default: audio.duration)
+    "grad_accum": at_least(1),
+    "grad_clip": typing.Optional[Positive],
     "precision": typing.Literal["auto", "fp32", "bf16", "fp16"],
-    "seed": int,
+    "seed": at_least(0),
     "optimizer": _OPTIMIZER,
-    "optimizers": dict[str, dict],  # per-optimizer overrides of optimizer:, by the objective's names
-    "lr_schedule": {"type": typing.Literal["constant", "cosine", "linear"], "warmup_steps": int, "min_lr_ratio": Number},
-    "ema": {"beta": Number, "update_after_step": int, "update_every": int, "power": Number},
-    "checkpoint_every": int,
-    "validate_every": int,
-    "keep_last": int,
-    "milestones": list[int],
-    "max_nonfinite": int,
-    "num_workers": int,
-    "log_every": int,
+    "optimizers": dict[str, dict],  # per-optimizer overrides (checked against _OPTIMIZER) of optimizer:, by the objective's names
+    "lr_schedule": {"type": typing.Literal["constant", "cosine", "linear"], "warmup_steps": at_least(0),
+                    "min_lr_ratio": Fraction},
+    "ema": {"beta": Fraction, "update_after_step": at_least(0), "update_every": at_least(1), "power": Positive},
+    "checkpoint_every": at_least(1),
+    "validate_every": at_least(0),  # 0: no validation
+    "keep_last": at_least(1),
+    "milestones": list[at_least(1)],
+    "max_nonfinite": at_least(1),
+    "num_workers": at_least(0),
+    "log_every": at_least(1),
 }
 
 
@@ -383,6 +422,9 @@ class _Validator:
             if "objective" not in stage:
                 self.add(where, f"stage '{name}' needs an objective: {{type: ...}}")
             self.check_value(stage, STAGE_FIELDS, where, f"train.{name or i}")
+            overrides = stage.get("optimizers")
+            for key, node in overrides.items() if isinstance(overrides, dict) else ():
+                self.check_value(node, _OPTIMIZER, _loc_in(overrides, key, where), f"train.{name or i}.optimizers.{key}")
 
     # one value against a spec -------------------------------------------------------------
     def check_value(self, value: Any, spec: Any, loc: Loc | None, path: str) -> None:
@@ -416,7 +458,9 @@ class _Validator:
             base, *meta = typing.get_args(ann)
             marker = next((m for m in meta if isinstance(m, (Component, Ref))), None)
             if marker is None or (value is None and self.type_problem(None, base, loc, path) is None):
-                return self.type_problem(value, base, loc, path)
+                problem = self.type_problem(value, base, loc, path)
+                ranges = [m.problem(value) for m in meta if isinstance(m, Range)] if problem is None else []
+                return problem or next((p for p in ranges if p), None)
             ann = marker
         if isinstance(ann, Component):
             if not _is_node(value):
@@ -443,6 +487,12 @@ class _Validator:
                 sub.component_kinds = self.component_kinds
                 if sub.type_problem(value, option, loc, path) is None and not sub.issues:
                     return None
+            for option in args:  # the value has the type of an option, but not its range
+                if typing.get_origin(option) is typing.Annotated:
+                    base, *meta = typing.get_args(option)
+                    if self.type_problem(value, base, loc, path) is None:
+                        return next((m.problem(value) for m in meta if isinstance(m, Range) and m.problem(value)),
+                                    None) or f"expected {_ann_name(ann)}, got {_show(value)}"
             return f"expected {_ann_name(ann)}, got {_show(value)}"
         if origin is typing.Literal:
             return None if value in args else f"expected one of {', '.join(map(repr, args))}, got {_show(value)}"
@@ -473,6 +523,8 @@ class _Validator:
             return None if ok else f"expected an integer, got {_show(value)}"
         if ann is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok and not math.isfinite(value):
+                return f"expected a finite number, got {_show(value)}"
             return None if ok else f"expected a number, got {_show(value)}"
         if ann is str:
             return None if isinstance(value, str) else f"expected a string, got {_show(value)}"
@@ -592,6 +644,8 @@ def _show(value: Any) -> str:
 
 
 def _ann_name(ann: Any) -> str:
+    if typing.get_origin(ann) is typing.Annotated:
+        return _ann_name(typing.get_args(ann)[0])
     if typing.get_origin(ann) in _UNIONS:
         return " or ".join(_ann_name(a) for a in typing.get_args(ann))
     if ann is type(None):

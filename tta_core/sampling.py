@@ -70,6 +70,16 @@ def audio_config(recipe: Recipe) -> Any:
     return AudioConfig.from_mapping(to_plain(recipe.get("audio")))
 
 
+def check_duration(audio: Any, seconds: float, where: str = "duration") -> float:
+    """``seconds`` when an output of that length can be made and pictured: finite, and longer
+    than one STFT window of the recipe's audio; else a UsageError saying the shortest."""
+    shortest = (audio.mel.n_fft + 1) / audio.sample_rate
+    if not math.isfinite(seconds) or seconds < shortest:
+        raise UsageError(f"{where} {seconds:g} s is too short: an output must be longer than one STFT window of the "
+                         f"recipe's audio ({audio.mel.n_fft} samples at {audio.sample_rate} Hz), at least {shortest:.3g} s")
+    return float(seconds)
+
+
 # -- roles and weights ---------------------------------------------------------------------------
 
 
@@ -315,8 +325,9 @@ class Pipeline:
             init=init, audio_prompt=prompt,
             loudness=None if loudness is None else float(loudness),
         )
-        if out.steps < 1 or out.batch_size < 1 or out.duration <= 0:
-            raise UsageError("steps and batch_size must be at least 1, and duration positive")
+        if out.steps < 1 or out.batch_size < 1:
+            raise UsageError("steps and batch_size must be at least 1")
+        check_duration(self.audio, out.duration)
         if out.decode_steps is not None:
             if not _takes(self.autoencoder.decode, "steps"):
                 raise UsageError(f"decode_steps: the autoencoder '{self.roles['autoencoder']}' decodes in one "
@@ -442,6 +453,7 @@ class Pipeline:
             waves = self._batch(prompts, negs, st.seed + k, sample, schedule, st.guidance, length, samples,
                                 progress=progress, label=f"batch {k + 1}/{total}", decode_steps=st.decode_steps,
                                 edit=edit, audio_cond=audio_cond)
+            _check_finite(waves, prompts, st.seed + k)
             notes = None
             if st.loudness is not None:
                 from .loudness import normalize_loudness
@@ -573,6 +585,23 @@ class Pipeline:
             with torch.autocast(device_type, dtype=dtype):
                 return net(x, t, cond).float()
         return autocast_net
+
+
+class NonFiniteAudioError(TtaError):
+    """The graph produced NaN or infinite samples: nothing of that batch is written."""
+
+    exit_code = 1
+
+
+def _check_finite(waves: torch.Tensor, prompts: Sequence[str], seed: int) -> None:
+    bad = (~torch.isfinite(waves.reshape(waves.shape[0], -1))).any(dim=1).tolist()
+    if any(bad):
+        named = sorted({repr(p) for p, b in zip(prompts, bad) if b})
+        raise NonFiniteAudioError(
+            f"the generated audio of {sum(bad)} output(s) of the batch with seed {seed} is not finite (NaN or "
+            f"infinity), for the prompt(s) {', '.join(named)}; nothing of that batch was written. Lower --guidance, "
+            "run in fp32 (--precision fp32), or check the weights (the last training stage's log shows "
+            "non-finite losses)")
 
 
 def _interval(value: Any) -> tuple[float, float] | None:

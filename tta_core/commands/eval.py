@@ -26,10 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..cli import command, load_plugins, load_recipe, verb
+from ..cli import command, load_plugins, load_recipe, number, verb
 from ..errors import TtaError, UsageError
 
 
@@ -46,7 +47,7 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
                         "'{type: panns, weights: FILE}' (default: the recipe's eval.embedder, else mel_stats)")
     p.add_argument("--text-embedder", default=None, metavar="SPEC",
                    help="the text-audio embedder for the clap metric, e.g. '{type: clap, pretrained: FILE}'")
-    p.add_argument("--max-missing", type=float, default=None,
+    p.add_argument("--max-missing", type=number(float, min=0, max=1), default=None,
                    help="fraction of a set's files that may be missing or unreadable before the run fails "
                         "instead of scoring the rest (default 0.05)")
     p.add_argument("--cache", metavar="DIR", default=None,
@@ -65,17 +66,17 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adherence", action="store_true", help="prompt adherence of generated clips (labelled datasets)")
     p.add_argument("--reconstruction", action="store_true",
                    help="the autoencoder (and vocoder) round trip on the valid split")
-    p.add_argument("--n-items", type=int, default=None, help="--reconstruction: at most this many clips")
-    p.add_argument("--decode-steps", type=int, default=None, help="--reconstruction: diffusion autoencoders' steps")
+    p.add_argument("--n-items", type=number(int, min=1), default=None, help="--reconstruction: at most this many clips")
+    p.add_argument("--decode-steps", type=number(int, min=1), default=None, help="--reconstruction: diffusion autoencoders' steps")
     p.add_argument("--run-dir", default=None, help="the run folder (default runs/<recipe name>/)")
-    p.add_argument("--n-per-label", type=int, default=4, help="clips to generate per label (default 4)")
-    p.add_argument("--reference-per-label", type=int, default=100,
+    p.add_argument("--n-per-label", type=number(int, min=1), default=4, help="clips to generate per label (default 4)")
+    p.add_argument("--reference-per-label", type=number(int, min=2), default=100,
                    help="labelled training clips per label to fit the classifier on (default 100)")
-    p.add_argument("--min-accuracy", type=float, default=None,
+    p.add_argument("--min-accuracy", type=number(float, min=0, max=1), default=None,
                    help="exit 1 when the overall accuracy is below this (for CI)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--seed", type=number(int, min=0), default=0)
+    p.add_argument("--steps", type=number(int, min=1), default=None)
+    p.add_argument("--guidance", type=number(float, min=0), default=None)
     p.add_argument("--device", default=None)
 
 
@@ -122,13 +123,14 @@ def _reference(recipe, registry, audio, per_label: int, seed: int):
     return _features(waves, audio), labels, captions, by_label
 
 
-def _generated(folder: Path, captions: dict[str, str], audio):
+def _generated(folder: Path, captions: dict[str, str], audio, only: set[str] | None = None):
     from ..data.audio import BadAudio, fit, load_clip
+    from ..manifest import NAME, latest_rows, read_rows
 
-    manifest = folder / "manifest.jsonl"
+    manifest = folder / NAME
     if not manifest.exists():
         raise UsageError(f"{folder} has no manifest.jsonl (write the clips with `tta-run RECIPE sample --out {folder}`)")
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    rows = [row for row in latest_rows(read_rows(manifest)) if only is None or Path(row["file"]).stem in only]
     waves, labels, problems = [], [], []
     for row in rows:
         label = row.get("label") or captions.get(row.get("prompt", ""))
@@ -257,6 +259,7 @@ def _adherence(args: argparse.Namespace, recipe: Any, registry: Any) -> int:
     clf = AdherenceClassifier.fit(feats, labels)
 
     out = Path(args.out) if args.out else (Path(args.generated) if args.generated else run_dir / "adherence")
+    only = None  # file stems to score: every clip of --generated, or those generated here
     if args.generated:
         folder = Path(args.generated)
     else:
@@ -270,20 +273,23 @@ def _adherence(args: argparse.Namespace, recipe: Any, registry: Any) -> int:
             pool = sorted({c for item in group for c in item.captions})
             for k in range(args.n_per_label):
                 lines.append(f"{label}-{k}\t{pool[int(torch.randint(len(pool), (1,), generator=g))]}")
-        prompts = folder / "prompts.txt"
-        prompts.write_text("\n".join(lines) + "\n")
-        (folder / "manifest.jsonl").unlink(missing_ok=True)
-        cmd = [str(args.recipe_path), "sample", "--prompts", str(prompts), "--out", str(folder),
-               "--run-dir", str(run_dir), "--seed", str(args.seed), "--no-progress"]
-        for flag in ("steps", "guidance", "device"):
-            if getattr(args, flag) is not None:
-                cmd += [f"--{flag}", str(getattr(args, flag))]
-        for text in args.overrides:
-            cmd += ["--set", text]
-        code = main(cmd)
+        # the clips of this evaluation replace those of an earlier one under the same names;
+        # only they are scored (the manifest keeps every earlier line, with its prompt)
+        only = {line.partition("\t")[0] for line in lines}
+        with tempfile.TemporaryDirectory() as tmp:
+            prompts = Path(tmp) / "prompts.txt"
+            prompts.write_text("\n".join(lines) + "\n")
+            cmd = [str(args.recipe_path), "sample", "--prompts", str(prompts), "--out", str(folder), "--overwrite",
+                   "--run-dir", str(run_dir), "--seed", str(args.seed), "--no-progress"]
+            for flag in ("steps", "guidance", "device"):
+                if getattr(args, flag) is not None:
+                    cmd += [f"--{flag}", str(getattr(args, flag))]
+            for text in args.overrides:
+                cmd += ["--set", text]
+            code = main(cmd)
         if code:
             return code
-    gen_feats, gen_labels, problems = _generated(folder, captions, audio)
+    gen_feats, gen_labels, problems = _generated(folder, captions, audio, only)
     report = score(clf, gen_feats, gen_labels, reference)
     print("\n".join(report.lines()))
     for problem in problems:

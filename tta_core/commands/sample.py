@@ -6,13 +6,14 @@ A thin layer over :func:`tta_core.sampling.load_pipeline`; see docs/sampling.md.
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import re
 import sys
 from pathlib import Path
 
-from ..cli import load_plugins, load_recipe, verb
+from ..cli import load_plugins, load_recipe, number, verb
 from ..errors import UsageError
+from ..manifest import NAME, append_rows, check_sample_manifest
 
 #: --format -> (file extension, soundfile subtype)
 FORMATS = {"wav": ("wav", "PCM_16"), "flac": ("flac", "PCM_16"), "float": ("wav", "FLOAT")}
@@ -25,44 +26,48 @@ def _args(p: argparse.ArgumentParser) -> None:
                       help="a file with one prompt per line, or FILENAME<TAB>PROMPT to name the output")
     what.add_argument("--negative", default=None, metavar="PROMPT",
                       help="negative prompt: replaces the unconditional half of guidance")
-    what.add_argument("--n", type=int, default=1, help="outputs per prompt (default 1)")
+    what.add_argument("--n", type=number(int, min=1), default=1, help="outputs per prompt (default 1)")
     what.add_argument("--rerank", default=None, metavar="EMBEDDER",
                       help="keep only the best of the --n candidates of each prompt by text-audio similarity: "
                            "an embedder name (clap) or mapping '{type: clap, pretrained: FILE}' (default the "
                            "recipe's eval.text_embedder); every candidate's score goes into the manifest")
-    what.add_argument("--duration", type=float, default=None,
+    what.add_argument("--duration", type=number(float, above=0), default=None,
                       help="seconds (default: the init audio's length, else sample.duration or audio.duration)")
     guide = p.add_argument_group("audio-guided generation")
     guide.add_argument("--init-audio", default=None, metavar="FILE",
                        help="a clip to vary (--strength) or to regenerate around (--keep) or continue (--extend)")
-    guide.add_argument("--strength", type=float, default=None, metavar="S",
+    guide.add_argument("--strength", type=number(float, min=0, max=1), default=None, metavar="S",
                        help="with --init-audio: how far from it to go, 0 (keep it) to 1 (ignore it); SDEdit")
     guide.add_argument("--keep", default=None, metavar="START:END[,START:END]",
                        help="with --init-audio: spans (seconds) kept while everything else is regenerated")
-    guide.add_argument("--extend", type=float, default=None, metavar="SECONDS",
+    guide.add_argument("--extend", type=number(float, above=0), default=None, metavar="SECONDS",
                        help="with --init-audio: continue the clip by this many seconds")
     guide.add_argument("--audio-prompt", default=None, metavar="FILE",
                        help="condition on this clip's audio embedding instead of text (CLAP-conditioned models)")
-    guide.add_argument("--loudness", type=float, default=None, metavar="LUFS",
+    guide.add_argument("--loudness", type=number(float, min=-70, max=0), default=None, metavar="LUFS",
                        help="normalise each output to this integrated loudness (ITU-R BS.1770), true peak <= -1 dBTP")
     how = p.add_argument_group("how")
-    how.add_argument("--steps", type=int, default=None, help="sampling steps (default: sample.steps or 50)")
-    how.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (1 = none)")
-    how.add_argument("--guidance-rescale", type=float, default=None, metavar="PHI",
+    how.add_argument("--steps", type=number(int, min=1), default=None, help="sampling steps (default: sample.steps or 50)")
+    how.add_argument("--guidance", type=number(float, min=0), default=None, help="classifier-free guidance scale (1 = none)")
+    how.add_argument("--guidance-rescale", type=number(float, min=0, max=1), default=None, metavar="PHI",
                      help="rescale the guided output's std toward the conditional one (0-1; 0.7 typical)")
-    how.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+    how.add_argument("--guidance-interval", type=number(float, min=0), nargs=2, default=None, metavar=("LO", "HI"),
                      help="guide only at noise levels sigma in [LO, HI]")
     how.add_argument("--sampler", default=None, help="sampler name (ddim, ddpm, vsampler, ...)")
-    how.add_argument("--decode-steps", type=int, default=None, metavar="N",
+    how.add_argument("--decode-steps", type=number(int, min=1), default=None, metavar="N",
                      help="diffusion autoencoders (diffae): decoding steps (default: sample.decode_steps, "
                           "else the autoencoder's decode_steps)")
-    how.add_argument("--seed", type=int, default=None, help="seed of the first batch; batch k uses seed + k")
-    how.add_argument("--batch-size", type=int, default=None, help="outputs per batch (default 8)")
+    how.add_argument("--seed", type=number(int, min=0), default=None, help="seed of the first batch; batch k uses seed + k")
+    how.add_argument("--batch-size", type=number(int, min=1), default=None, help="outputs per batch (default 8)")
     where = p.add_argument_group("weights and output")
     where.add_argument("--run-dir", default=None, help="the run directory (default runs/<recipe name>/)")
     where.add_argument("--ckpt", default=None, metavar="DIR", help="a checkpoint folder to take weights from first")
     where.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA copy")
-    where.add_argument("--out", default=None, metavar="DIR", help="output folder (default <run dir>/samples/)")
+    where.add_argument("--out", default=None, metavar="DIR",
+                       help="output folder (default <run dir>/samples/); files already there are kept: new ones "
+                            "of the same name get -1, -2, ...; the folder's manifest.jsonl is appended to")
+    where.add_argument("--overwrite", action="store_true",
+                       help="replace earlier outputs of the same name in --out instead of naming new ones -1, -2, ...")
     where.add_argument("--format", choices=list(FORMATS), default="wav",
                        help="wav (16-bit, default), flac (16-bit) or float (32-bit float WAV)")
     where.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cuda when available)")
@@ -127,26 +132,78 @@ def save_spectrogram(path: Path, wave, sample_rate: int, audio, title: str) -> N
     plt.close(fig)
 
 
-def _read_manifest(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by an interrupted write
-    return rows
+def _check_paths(args: argparse.Namespace, run_dir: Path, out: Path) -> None:
+    """What can be checked of the paths before any model loads: nothing is created here."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--run-dir {run_dir} is a file; it names the run folder that `tta-run RECIPE train` "
+                         "writes (runs/<recipe name>/ by default)")
+    if args.ckpt is not None and not Path(args.ckpt).is_dir():
+        what = "is a file" if Path(args.ckpt).exists() else "does not exist"
+        raise UsageError(f"--ckpt {args.ckpt} {what}: it names a checkpoint folder, e.g. "
+                         f"{run_dir}/<stage>/checkpoints/step-00001000")
+    for flag in ("init_audio", "audio_prompt"):
+        path = getattr(args, flag)
+        if path is not None and not Path(path).is_file():
+            what = "is a folder" if Path(path).is_dir() else "does not exist"
+            raise UsageError(f"--{flag.replace('_', '-')} {path} {what}: give an audio file")
+    check_writable(out, "--out")
+    check_sample_manifest(out)
+
+
+def check_writable(folder: Path, flag: str) -> None:
+    """Refuse a folder that cannot be written (or created), before any work is done; only a
+    probe file is made, and removed, in the nearest folder that exists."""
+    import tempfile
+
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag} {folder} is a file, not a folder")
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{flag} {folder}: {probe} is a file, so the folder cannot be made")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".tta-write-test-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise UsageError(f"{flag} {folder} cannot be written ({probe}: {exc.strerror or exc}); "
+                         f"choose another {flag}") from None
+
+
+def _free_stem(out: Path, stem: str, suffixes: tuple[str, ...], taken: set[str]) -> str:
+    """``stem``, or ``stem-1``, ``stem-2``, ... : the first whose files do not exist yet and
+    that no manifest line names."""
+    candidate, k = stem, 0
+    while candidate in taken or any((out / f"{candidate}.{s}").exists() for s in suffixes):
+        k += 1
+        candidate = f"{stem}-{k}"
+    return candidate
+
+
+def _write_outputs(out: Path, stem: str, ext: str, subtype: str, wave, rate: int, audio, prompt: str) -> None:
+    """The audio file and its spectrogram, each written to a temporary name and renamed into
+    place once both exist, so a failure leaves neither behind."""
+    import soundfile
+
+    tmp_audio, tmp_png = out / f".{stem}.tmp.{ext}", out / f".{stem}.tmp.png"
+    try:
+        data = wave.clamp(-1, 1) if subtype == "PCM_16" else wave
+        soundfile.write(tmp_audio, data.numpy().T, rate, subtype=subtype, format=ext.upper())
+        save_spectrogram(tmp_png, wave if wave.ndim == 1 else wave.mean(0), rate, audio, prompt)
+        os.replace(tmp_audio, out / f"{stem}.{ext}")
+        os.replace(tmp_png, out / f"{stem}.png")
+    finally:
+        tmp_audio.unlink(missing_ok=True)
+        tmp_png.unlink(missing_ok=True)
 
 
 @verb("sample", "generate audio from text with the trained weights in the run dir", _args)
 def _sample(args: argparse.Namespace) -> int:
-    import soundfile
     import torch
 
-    from ..checkpoint import atomic_write
     from ..runs import default_run_dir
-    from ..sampling import load_pipeline
+    from ..sampling import audio_config, check_duration, load_pipeline
 
     entries: list[tuple[str | None, str]] = [(None, t) for t in args.text]
     if args.prompts:
@@ -157,21 +214,24 @@ def _sample(args: argparse.Namespace) -> int:
         entries = [(Path(args.audio_prompt).stem, f"audio prompt: {args.audio_prompt}")]
     if not entries:
         raise UsageError("nothing to generate: give --text PROMPT (repeatable), --prompts FILE or --audio-prompt FILE")
-    if args.n < 1:
-        raise UsageError("--n must be at least 1")
+    if args.guidance_interval is not None and args.guidance_interval[0] > args.guidance_interval[1]:
+        raise UsageError(f"--guidance-interval LO HI needs LO <= HI, got {args.guidance_interval}")
+    if args.rerank and args.n < 2:
+        raise UsageError("--rerank keeps the best of --n candidates per prompt: give --n 2 or more")
     recipe = load_recipe(args)
     registry = load_plugins(args).registry
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)
+    out = Path(args.out) if args.out else run_dir / "samples"
+    _check_paths(args, run_dir, out)
+    if args.duration is not None:
+        check_duration(audio_config(recipe), args.duration, "--duration")
     pipe = load_pipeline(recipe, run_dir=run_dir, ckpt=args.ckpt, device=args.device,
                          precision=args.precision, ema=not args.no_ema, registry=registry)
-    out = Path(args.out) if args.out else run_dir / "samples"
     ext, subtype = FORMATS[args.format]
     ranker = None
     if args.rerank:
         from ..eval.rerank import best, ranker as make_ranker
 
-        if args.n < 2:
-            raise UsageError("--rerank keeps the best of --n candidates per prompt: give --n 2 or more")
         ranker = make_ranker(args.rerank, registry, recipe=recipe, device=args.device)
     stems = _names(entries, 1 if ranker else args.n)
     st = pipe.settings(steps=args.steps, guidance=args.guidance, guidance_rescale=args.guidance_rescale,
@@ -179,11 +239,11 @@ def _sample(args: argparse.Namespace) -> int:
                        duration=args.duration, batch_size=args.batch_size, negative=args.negative,
                        decode_steps=args.decode_steps, init_audio=args.init_audio, strength=args.strength,
                        keep=args.keep, extend=args.extend, audio_prompt=args.audio_prompt, loudness=args.loudness)
-    manifest_path = out / "manifest.jsonl"
-    rows = _read_manifest(manifest_path)
+    manifest_path = out / NAME
+    taken = set() if args.overwrite else {Path(row["file"]).stem for row in check_sample_manifest(out)}
     batches = pipe.batches([prompt for _, prompt in entries], n=args.n, settings=st,
                            progress=not args.no_progress and sys.stderr.isatty())
-    written, pending = 0, {}
+    written, renamed, pending = 0, 0, {}
     for batch in batches:
         out.mkdir(parents=True, exist_ok=True)
         new = []
@@ -204,13 +264,12 @@ def _sample(args: argparse.Namespace) -> int:
                 wave, seed, b_best, level = candidates[top]
                 chosen.append((entry, prompt, negative, wave, seed, b_best, record, level))
         for index, prompt, negative, wave, seed, b, record, level in chosen:
-            file = f"{stems[index]}.{ext}"
-            data = wave.clamp(-1, 1) if subtype == "PCM_16" else wave
-            soundfile.write(out / file, data.numpy().T, pipe.sample_rate, subtype=subtype, format=ext.upper())
-            png = f"{stems[index]}.png"
-            save_spectrogram(out / png, wave if wave.ndim == 1 else wave.mean(0), pipe.sample_rate, pipe.audio, prompt)
+            stem = stems[index] if args.overwrite else _free_stem(out, stems[index], (ext, "png"), taken)
+            renamed += stem != stems[index]
+            taken.add(stem)
+            _write_outputs(out, stem, ext, subtype, wave, pipe.sample_rate, pipe.audio, prompt)
             new.append({
-                "file": file, "spectrogram": png, "prompt": prompt, "negative": negative,
+                "file": f"{stem}.{ext}", "spectrogram": f"{stem}.png", "prompt": prompt, "negative": negative,
                 "seed": seed, "batch_index": b, "steps": st.steps, "guidance": st.guidance.scale,
                 "guidance_rescale": st.guidance.rescale,
                 "guidance_interval": list(st.guidance.interval) if st.guidance.interval else None,
@@ -224,10 +283,10 @@ def _sample(args: argparse.Namespace) -> int:
                 **({"audio_prompt": st.audio_prompt.path} if st.audio_prompt is not None else {}),
                 **({"loudness": level} if level is not None else {}),
             })
-        files = {row["file"] for row in new}
-        rows = [row for row in rows if row.get("file") not in files] + new
-        atomic_write(manifest_path, "".join(json.dumps(row) + "\n" for row in rows))
+        append_rows(manifest_path, new)
         written += len(new)
+    note = f"; {renamed} named -1, -2, ... beside earlier outputs of the same name (--overwrite replaces them)" \
+        if renamed else ""
     print(f"wrote {written} file(s) to {out} ({pipe.sample_rate} Hz, {st.duration:g} s, {st.steps} steps, "
-          f"{st.sampler['type']}, guidance {st.guidance.scale:g}); manifest: {manifest_path}")
+          f"{st.sampler['type']}, guidance {st.guidance.scale:g}){note}; manifest: {manifest_path}")
     return 0

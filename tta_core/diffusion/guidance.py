@@ -19,6 +19,7 @@ the raw output as diffusers' ``rescale_noise_cfg`` has it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -39,6 +40,10 @@ class Guidance:
     interval: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        values = (self.scale, self.rescale, *(self.interval or ()))
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"guidance settings must be finite numbers, got scale {self.scale}, "
+                             f"rescale {self.rescale}, interval {self.interval}")
         if not 0.0 <= self.rescale <= 1.0:
             raise ValueError(f"guidance rescale is between 0 and 1, got {self.rescale}")
         if self.interval is not None:

@@ -70,6 +70,7 @@ def folder_set(folder: str | os.PathLike, role: str) -> AudioSet:
     manifest = folder / "manifest.jsonl"
     items, problems = [], []
     if manifest.exists():
+        found: dict[Path, EvalItem] = {}
         for n, line in enumerate(manifest.read_text().splitlines(), 1):
             if not line.strip():
                 continue
@@ -84,7 +85,9 @@ def folder_set(folder: str | os.PathLike, role: str) -> AudioSet:
                 continue
             text = row.get("prompt") or row.get("caption") or (row.get("captions") or [None])[0]
             path = Path(name) if Path(name).is_absolute() else folder / name
-            items.append(EvalItem(Path(name).stem, path, text))
+            found.pop(path, None)  # a file written again (sample --overwrite): its last line describes it
+            found[path] = EvalItem(Path(name).stem, path, text)
+        items = list(found.values())
     else:
         items = [EvalItem(p.stem, p) for p in sorted(folder.rglob("*")) if p.suffix.lower() in AUDIO_SUFFIXES]
     if not items:

@@ -243,3 +243,47 @@ def test_cli_numbers_for_train_and_eval_are_checked_as_they_are_read(toy, capsys
     ]:
         assert main([str(recipe), *args]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_sampling_off_a_terminal_reports_progress_as_plain_lines(toy, tmp_path, capsys):
+    recipe, run, train = toy
+    train()
+    args = [str(recipe), "sample", "--run-dir", str(run), "--out", str(tmp_path / "out"), "--text", "rain",
+            "--n", "3", "--batch-size", "2"]
+    assert main(args) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sample batch")]
+    assert lines[0] == "sample batch 1/2: 0/4 steps (0%)"
+    assert lines[1].startswith("sample batch 1/2: 4/4 steps (100%)") and "done in" in lines[1]
+    assert lines[-1].startswith("sample batch 2/2: 4/4 steps (100%)")
+    assert not any("\r" in line for line in lines)
+
+
+RANGED_PLUGIN = """
+from typing import Annotated
+
+from tta_core.plugin import Range, hookimpl
+
+
+class Ranged:
+    def __init__(self, steps: Annotated[int, Range(min=1)] = 10, eta: Annotated[float, Range(0, 1)] = 0.0):
+        self.steps, self.eta = steps, eta
+
+    def __call__(self, denoise, x, schedule, *, generator=None, callback=None):
+        return x
+
+
+@hookimpl
+def tta_register(register):
+    register("sampler", "ranged", Ranged)
+"""
+
+
+def test_a_plugin_factory_declares_ranges_that_the_validator_checks(toy, tmp_path, capsys, fake_dists):
+    recipe, _, _ = toy
+    fake_dists("tta-ranged", "0.1", {"ranged": RANGED_PLUGIN})
+    assert main([str(recipe), "validate", "--set", "sample.sampler={type: ranged, steps: 3, eta: 0.5}"]) == 0
+    capsys.readouterr()
+    assert main([str(recipe), "validate", "--set", "sample.sampler={type: ranged, steps: 0, eta: 2}"]) == 2
+    err = capsys.readouterr().err
+    assert "'sample.sampler.steps': must be at least 1, got integer 0" in err
+    assert "'sample.sampler.eta': must be at most 1, got integer 2" in err

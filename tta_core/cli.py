@@ -176,11 +176,40 @@ def run() -> None:
 # -- shared helpers for commands --------------------------------------------------------------
 
 
+def number(kind: type = int, *, min: float | None = None, max: float | None = None, above: float | None = None):
+    """An argparse ``type=`` for a finite number within bounds, checked as the command line is
+    read (before any model loads), with the recipe validator's wording: ``number(int, min=1)``."""
+    import math
+
+    from .recipe import Range
+
+    bounds = Range(min=min, max=max, above=above)
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        problem = bounds.problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def load_plugins(args: argparse.Namespace):
-    """The loaded plugins, reporting broken ones on stderr (or failing, when strict)."""
+    """The loaded plugins, reporting broken ones on stderr once per command (or failing, when
+    strict)."""
     from .discovery import get_plugins
 
     plugins = get_plugins(strict=args.strict_plugins)
+    if getattr(args, "plugins_reported", False):  # load_recipe and the verb both ask
+        return plugins
+    args.plugins_reported = True
     for record in plugins.broken:
         print(f"warning: plugin '{record.name}' ({record.value}) {record.status}", file=sys.stderr)
         if args.debug and record.details:

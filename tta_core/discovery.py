@@ -8,11 +8,16 @@ strict loading is on. Environment switches, as pytest has them:
 - ``TTA_DISABLE_PLUGINS=a,b``: skip these plugins (entry-point names);
 - ``TTA_DISABLE_PLUGIN_AUTOLOAD=1``: load no entry point except those named in
   ``TTA_PLUGINS=a,b``.
+
+Whatever a plugin prints while it is imported and registers goes to stderr: stdout belongs to
+the command (``tta-run plugins --json`` and ``show --json`` are read by programs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import traceback
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -94,6 +99,26 @@ def load_plugins(
     registry = Registry()
     records: list[PluginRecord] = []
 
+    with contextlib.redirect_stdout(sys.stderr):
+        _load_entry_points(manager, registry, records, disabled, autoload, enabled)
+        for name, obj in extra:
+            record = PluginRecord(name, repr(obj), None, None)
+            records.append(record)
+            _register(manager, registry, record, obj)
+
+    result = Plugins(registry, records, manager)
+    if strict and result.broken:
+        raise PluginError(
+            "plugins failed to load (strict plugin loading is on):\n"
+            + "\n".join(f"  {r.name} ({r.value}): {r.status}" for r in result.broken)
+        )
+    return result
+
+
+def _load_entry_points(
+    manager: pluggy.PluginManager, registry: Registry, records: list[PluginRecord],
+    disabled: set[str], autoload: bool, enabled: set[str],
+) -> None:
     eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
     seen: set[str] = set()
     for ep in eps:
@@ -119,19 +144,6 @@ def load_plugins(
             _mark_broken(record, registry, exc, f"import of '{ep.value}' failed")
             continue
         _register(manager, registry, record, obj)
-
-    for name, obj in extra:
-        record = PluginRecord(name, repr(obj), None, None)
-        records.append(record)
-        _register(manager, registry, record, obj)
-
-    result = Plugins(registry, records, manager)
-    if strict and result.broken:
-        raise PluginError(
-            "plugins failed to load (strict plugin loading is on):\n"
-            + "\n".join(f"  {r.name} ({r.value}): {r.status}" for r in result.broken)
-        )
-    return result
 
 
 def _mark_broken(record: PluginRecord, registry: Registry, exc: BaseException, what: str) -> None:

@@ -31,5 +31,7 @@ def tta_register(register):
 
     A plugin's registrations are added together: if one of them fails (an unknown kind, a
     name another plugin already has), none of them is, and the plugin is reported broken.
-    Returns nothing.
+    What the plugin prints while it is imported and registers (and what a factory module
+    prints when it is first imported) goes to stderr: stdout belongs to the command, and
+    ``tta-run plugins --json`` is read by programs. Returns nothing.
     """

@@ -34,7 +34,7 @@ import pluggy
 from .data.items import Collector, Item, ItemSet, resolve_path
 from .errors import DataError, TtaError, UsageError
 from .interfaces import Autoencoder, Conditioner, Conditioning, Denoiser, Embedder, Process, Sampler, Vocoder
-from .recipe import Component, Ref
+from .recipe import Component, Range, Ref
 from .registry import KINDS
 
 
@@ -89,7 +89,7 @@ hookimpl = pluggy.HookimplMarker("tta")
 __all__ = [
     "hookimpl", "KINDS", "TtaError", "UsageError", "build_component", "import_inner_package",
     "Conditioning", "Conditioner", "Autoencoder", "Denoiser", "Process", "Sampler", "Vocoder", "Embedder",
-    "Component", "Ref",
+    "Component", "Ref", "Range",  # annotations of factory arguments the recipe validator checks
     # for dataset readers: build an ItemSet row by row under the bad-row rules (docs/data.md)
     "Collector", "Item", "ItemSet", "resolve_path", "DataError",
 ]

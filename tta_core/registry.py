@@ -9,7 +9,9 @@ register without importing torch.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -58,7 +60,11 @@ class Entry:
         if not isinstance(self.target, str):
             return self.target
         module_name, _, attr = self.target.partition(":")
-        obj = importlib.import_module(module_name)
+        # what a plugin's module prints as it is first imported goes to stderr, as at plugin
+        # loading (tta_core.discovery): stdout belongs to the command
+        first = module_name not in sys.modules
+        with contextlib.redirect_stdout(sys.stderr) if first else contextlib.nullcontext():
+            obj = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
         return obj

@@ -32,7 +32,6 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -629,11 +628,12 @@ def _takes(fn: Any, name: str) -> bool:
 
 
 def _progress(enabled: bool, total: int, label: str):
+    """A bar on a terminal, a plain line every few seconds in a log (tta_core.progress)."""
     if not enabled:
         return None
-    from tqdm import tqdm
+    from .progress import Progress
 
-    return tqdm(total=total, desc=label, unit="step", file=sys.stderr, leave=False)
+    return Progress(total, f"sample {label}", "steps")
 
 
 def pick_device(device: str | None) -> torch.device:

@@ -5,6 +5,11 @@
 - ``1e-4`` and ``5e3`` are floats, as in YAML 1.2 (PyYAML reads them as strings).
 - Mappings load as :class:`Node` and sequences as :class:`Seq`, which carry the file and
   line of themselves and of each key/item, so validation can point at the exact line.
+- Aliases (``*name``) may add at most :data:`ALIAS_BUDGET` (100 000) nodes to a document,
+  counted as it is composed: an alias bomb ("billion laughs", each level repeating the one
+  before) is refused at the alias that passes the budget, before memory grows. Every node an
+  alias stands for counts, however deep, each time the alias is used; a document without
+  aliases has no limit. A recipe needs a few hundred nodes.
 """
 
 from __future__ import annotations
@@ -60,8 +65,48 @@ class YamlError(Exception):
         self.message = message
 
 
+#: The most nodes that aliases may add to one document (see the module doc).
+ALIAS_BUDGET = 100_000
+
+
 class _Loader(yaml.SafeLoader):
-    pass
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.alias_added = 0  # nodes the aliases composed so far stand for, expanded
+
+    def compose_node(self, parent, index):
+        # PyYAML shares an anchored node between its aliases, so loading stays small and the
+        # blow-up comes later, in whatever walks the result. Count the expansion here, where
+        # the alias is still in the event stream and its line is known.
+        if not self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            node.expanded = 1 + sum(_expanded(child) for child in _children(node))
+            return node
+        event = self.peek_event()
+        node = super().compose_node(parent, index)
+        self.alias_added += _expanded(node)
+        if self.alias_added > ALIAS_BUDGET:
+            raise YamlError(
+                Loc(self.name, event.start_mark.line + 1),
+                f"the alias '*{event.anchor}' takes the document past the limit of {ALIAS_BUDGET} "
+                "nodes that aliases may add (a recipe needs a few hundred; this looks like an "
+                "alias bomb): write the values out instead of nesting aliases",
+            )
+        return node
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _expanded(node: yaml.Node) -> int:
+    """How many nodes ``node`` stands for with every alias in it written out; a node still
+    being composed (an alias to its own ancestor, refused later) counts as one."""
+    return getattr(node, "expanded", 1)
 
 
 _FLOAT = re.compile(

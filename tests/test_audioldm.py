@@ -286,7 +286,7 @@ def test_a_stage_trains_on_its_own_example_length(sounds, tmp_path, monkeypatch,
 
     # a length that cannot work is refused before any stage trains
     capsys.readouterr()
-    for bad, why in (("0", "must be positive"), ("0.01", "shorter than one STFT window")):
+    for bad, why in (("0", "must be greater than 0"), ("0.01", "shorter than one STFT window")):
         assert run(["recipes/quickstart.yaml", "train", "--no-progress"], sounds, tmp_path / "bad",
                    f"train.ldm.duration={bad}") == 2
         err = capsys.readouterr().err

@@ -287,3 +287,26 @@ def test_a_plugin_factory_declares_ranges_that_the_validator_checks(toy, tmp_pat
     err = capsys.readouterr().err
     assert "'sample.sampler.steps': must be at least 1, got integer 0" in err
     assert "'sample.sampler.eta': must be at most 1, got integer 2" in err
+
+
+def test_a_generation_estimated_beyond_free_memory_is_refused_with_the_estimate(toy, tmp_path, capsys, monkeypatch):
+    import tta_core.memory
+
+    recipe, run, train = toy
+    train()
+    out = tmp_path / "out"
+    monkeypatch.setattr(tta_core.memory, "available_bytes", lambda device: 10_000_000)  # 10 MB free
+    assert _sample(recipe, run, out, "--text", "rain", "--duration", "1") == 0  # a small generation fits
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert _sample(recipe, run, out, "--text", "rain", "--duration", "60", "--batch-size", "4", "--n", "4") == 2
+    err = capsys.readouterr().err
+    assert "a batch of 4 output(s) of 60 s needs about" in err and "cpu memory has 10 MB free" in err
+    assert "lower --duration or --batch-size, or run it anyway with --skip-memory-check" in err
+    assert _snapshot(out) == before
+    # the estimate follows the length of the output
+    assert _sample(recipe, run, out, "--text", "rain", "--duration", "120", "--batch-size", "4", "--n", "4") == 2
+    need = {60: err, 120: capsys.readouterr().err}
+    mb = {k: float(v.split("needs about ")[1].split(" MB at its peak")[0]) for k, v in need.items()}
+    assert 1.8 < mb[120] / mb[60] < 2.2
+    assert _sample(recipe, run, out, "--text", "rain", "--duration", "2", "--skip-memory-check") == 0

@@ -268,7 +268,8 @@ def _check(imported: Imported, recipe: Any, registry: Any, audio: Any, by_stage:
             raise UsageError(f"the importer gave weights for '{name}', which the recipe has no component of")
         stages = stages_training(recipe, name)
         with torch.random.fork_rng(devices=[]):
-            component = build(recipe.components[name], component_kind(recipe, name, registry), registry, audio=audio)
+            component = build(recipe.components[name], component_kind(recipe, name, registry), registry,
+                              where=f"components.{name}", audio=audio)
         source = imported.sources.get(name, name)
         files = {name: state}
         try:  # a readable diff of keys and shapes when they do not fit, for every component at once

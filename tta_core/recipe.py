@@ -675,8 +675,18 @@ def component_kind(recipe: Recipe, name: str, registry: Registry) -> str:
     return kind
 
 
-def build(node: Mapping, kind: str, registry: Registry, **injected: Any) -> Any:
-    """Build a component from a validated node; ``injected`` fills INJECTED_ARGS it takes."""
+def build(node: Mapping, kind: str, registry: Registry, *, where: str | None = None, **injected: Any) -> Any:
+    """Build a component from a validated node; ``injected`` fills INJECTED_ARGS it takes.
+
+    What the factory raises reaches the user as a TtaError that names the component
+    (``where``, e.g. ``components.vae``, else the node's file:line) and keeps the error's own
+    text, so it reads without --debug (which still shows the original traceback): a
+    ValueError or TypeError is a RecipeError (exit 2: the recipe's values do not fit the
+    network), anything else a runtime failure (exit 1). TtaErrors pass through unchanged."""
+    import traceback
+
+    from .errors import TtaError
+
     entry = registry.get(kind, node["type"])
     factory = entry.load()
     params, _, _ = signature_of(factory)
@@ -684,4 +694,21 @@ def build(node: Mapping, kind: str, registry: Registry, **injected: Any) -> Any:
     for key, value in injected.items():
         if params is None or key in params:
             kwargs[key] = value
-    return factory(**kwargs)
+    try:
+        return factory(**kwargs)
+    except TtaError:
+        raise
+    except Exception as exc:
+        text = str(exc).strip()
+        if not text:  # a bare assert or raise: where it was raised is all there is to say
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            text = f"(no message) at {Path(frame.filename).name}:{frame.lineno}: {(frame.line or '').strip()}"
+        loc = None if where else getattr(node, "loc", None)
+        message = (f"{where + ': ' if where else ''}{node['type']} ({kind}) could not be built: "
+                   f"{type(exc).__name__}: {text}\n  "
+                   + (f"check {where} against this message (--set {where}.KEY=VALUE changes a setting)" if where
+                      else f"check the {kind}'s settings in the recipe against this message")
+                   + "; --debug shows the traceback")
+        if isinstance(exc, (ValueError, TypeError)):
+            raise RecipeError([RecipeIssue(loc, message)]) from exc
+        raise TtaError(f"{loc}: {message}" if loc else message) from exc

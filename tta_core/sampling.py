@@ -32,6 +32,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -184,6 +185,11 @@ class SampleSettings:
     audio_prompt: "AudioPrompt | None" = None  # condition on audio instead of text (CLAP)
     loudness: float | None = None  # target integrated loudness (LUFS) of each output
 
+
+#: What a process really grows by, over the tensors memory_needed counts: allocator
+#: rounding and the libraries' scratch buffers (a quickstart generation of 60-120 s on a CPU
+#: grew by 1.8-1.9 times the count).
+MEMORY_MARGIN = 2.0
 
 #: Seconds over which kept spans fade into the generated audio at their inner edges.
 KEEP_FADE = 0.02
@@ -416,15 +422,69 @@ class Pipeline:
                                  for i, t in enumerate(texts)])
         return waves, self.sample_rate
 
+    def memory_needed(self, st: "SampleSettings", count: int) -> int | None:
+        """Bytes one batch of ``count`` outputs (at most ``st.batch_size``) needs at its peak
+        beyond the loaded weights: the larger of a guided denoiser call and the decoding
+        (autoencoder, then vocoder), plus the batch's audio. Estimated on fake tensors
+        (tta_core.memory); a vocoder whose code needs the data (Griffin-Lim's inverse STFT
+        checks its window) is measured for real on 16 frames and scaled to the length, as a
+        vocoder's memory grows in proportion to it. None when a part cannot be estimated."""
+        from .memory import Spec, measured_bytes, peak_bytes, unchanged
+
+        b = max(1, min(st.batch_size, count))
+        length = self.length_for(st.duration)
+        shape = (b, *self.autoencoder.latent_shape(length))
+        kwargs = {} if st.decode_steps is None else {"steps": int(st.decode_steps)}
+        parts = [p for p in (self.conditioner, self.denoiser, self.process, self.autoencoder, self.vocoder) if p is not None]
+        with torch.no_grad(), unchanged(*parts):
+            cond = self.conditioner.encode_text(["a"] * b).to(self.device)
+            uncond = unconditional(self.denoiser, self.conditioner)(b).to(self.device) if st.guidance.active else None
+            denoise = guided_denoiser(self.process, self._net(), cond, uncond, st.guidance)
+            level = Spec((b,), device=self.device)
+            steps = peak_bytes(denoise, Spec(shape, device=self.device), level, level)
+            decode = peak_bytes(lambda z: self.autoencoder.decode(z, **kwargs), Spec(shape, device=self.device))
+            if decode is not None and self.autoencoder.domain == "mel":
+                mel = (b, 1, length, self.audio.mel.n_mels)
+                vocode = peak_bytes(self.vocoder, Spec(mel, device=self.device))
+                if vocode is None:
+                    short = min(length, 16)
+                    probe = torch.full((1, 1, short, mel[3]), -5.0, device=self.device)  # a quiet log-mel
+                    vocode = measured_bytes(self.vocoder, probe) * b * length // short
+                decode = max(decode, vocode) + 4 * math.prod(mel)
+        if steps is None or decode is None:
+            return None
+        audio = b * self.audio.channels * int(round(st.duration * self.sample_rate)) * 4
+        return max(steps, decode) + audio
+
+    def check_memory(self, st: "SampleSettings", count: int) -> None:
+        """Refuse (UsageError) a generation whose batch needs more memory than the device has
+        free, saying the estimate; a warning when it needs more than half of it. The estimate
+        is :meth:`memory_needed` times MEMORY_MARGIN."""
+        from .memory import available_bytes, format_bytes
+
+        need, have = self.memory_needed(st, count), available_bytes(self.device)
+        if need is None or have is None:
+            return
+        need = int(need * MEMORY_MARGIN)
+        b = max(1, min(st.batch_size, count))
+        what = (f"a batch of {b} output(s) of {st.duration:g} s needs about {format_bytes(need)} at its peak "
+                f"(estimated), and {self.device.type} memory has {format_bytes(have)} free")
+        if need > have:
+            raise UsageError(f"{what}: lower --duration or --batch-size, or run it anyway with --skip-memory-check")
+        if need > have / 2:
+            print(f"warning: {what}", file=sys.stderr)
+
     def batches(self, texts: Sequence[str], *, n: int = 1, progress: bool = False,
-                settings: "SampleSettings | None" = None, **options: Any) -> Iterator[Batch]:
+                settings: "SampleSettings | None" = None, memory_check: bool = True,
+                **options: Any) -> Iterator[Batch]:
         """Generate ``n`` outputs per prompt, ``batch_size`` at a time; batch k draws its
         latent noise (and its sampler's noise) from ``torch.Generator("cpu").manual_seed(seed + k)``.
 
         Options (or one ``settings``): steps, guidance, guidance_rescale, guidance_interval,
         sampler, seed, duration, batch_size, negative: a prompt (or one per text) whose
         conditioning replaces the unconditional half of guidance ("" or None:
-        ``conditioner.null``), decode_steps (diffusion autoencoders).
+        ``conditioner.null``), decode_steps (diffusion autoencoders). ``memory_check``: refuse
+        a batch estimated to need more memory than the device has free (:meth:`check_memory`).
         """
         st = settings if settings is not None else self.settings(**options)
         if n < 1:
@@ -435,6 +495,8 @@ class Pipeline:
             schedule = self.process.schedule(st.steps)
         except ValueError as exc:  # an option out of range (eta 2, more steps than T)
             raise UsageError(str(exc)) from None
+        if memory_check:
+            self.check_memory(st, len(texts) * n)
         length = self.length_for(st.duration)
         samples = int(round(st.duration * self.sample_rate))
         edit = self._edit(st, length) if st.init is not None else None
@@ -547,11 +609,7 @@ class Pipeline:
                 bar.close()
         if mask is not None:
             latent = torch.where(mask, z0, latent)
-        decode_kwargs = {"generator": generator} if _takes(self.autoencoder.decode, "generator") else {}
-        if decode_steps is not None:
-            decode_kwargs["steps"] = int(decode_steps)
-        decoded = self.autoencoder.decode(latent, **decode_kwargs)
-        wave = self.vocoder(decoded) if self.autoencoder.domain == "mel" else decoded
+        wave = self._decode(latent, generator, decode_steps)
         channels = self.audio.channels
         wave = (wave.reshape(batch, channels, -1) if channels > 1 else wave.reshape(batch, -1)).float().cpu()
         if wave.shape[-1] < samples:
@@ -564,6 +622,14 @@ class Pipeline:
             w = weight[:n]
             wave[..., :n] = w * original[..., :n] + (1 - w) * wave[..., :n]
         return wave
+
+    def _decode(self, latent: torch.Tensor, generator: torch.Generator | None, steps: int | None) -> torch.Tensor:
+        """Latents to audio: the autoencoder's decode, then the vocoder for mel autoencoders."""
+        kwargs = {"generator": generator} if generator is not None and _takes(self.autoencoder.decode, "generator") else {}
+        if steps is not None:
+            kwargs["steps"] = int(steps)
+        decoded = self.autoencoder.decode(latent, **kwargs)
+        return self.vocoder(decoded) if self.autoencoder.domain == "mel" else decoded
 
     def _uncond(self, negatives: list[str]) -> Conditioning:
         null = unconditional(self.denoiser, self.conditioner)
@@ -670,7 +736,8 @@ def load_pipeline(recipe: str | os.PathLike | Recipe, *, run_dir: str | os.PathL
     audio = audio_config(recipe)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # components built the same way every time (then weights load)
-        built = {role: build(recipe.components[name], component_kind(recipe, name, registry), registry, audio=audio)
+        built = {role: build(recipe.components[name], component_kind(recipe, name, registry), registry,
+                             where=f"components.{name}", audio=audio)
                  for role, name in roles.items()}
     autoencoder = built["autoencoder"]
     if getattr(autoencoder, "domain", None) not in ("mel", "waveform"):

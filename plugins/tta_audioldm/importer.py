@@ -3,23 +3,34 @@ folder (``unet/``, ``vae/``, ``text_encoder/`` + ``tokenizer/``, ``vocoder/``, `
 as ``save_pretrained`` writes it or the hub's ``cvssp/audioldm-*`` repositories hold it) as
 a tta run directory.
 
-Each part keeps its network exactly (its ``config.json`` goes into the recipe):
+Each part keeps its network exactly (its ``config.json`` goes into the recipe whole, read
+with the defaults of the class the pipeline loads it with):
 
 - ``unet/`` -> ``unet2d`` with ``diffusers_config``, conditioned by FiLM on the CLAP text
   vector (``pooled_dim`` = the class-embedding input, ``pooled_concat`` as configured);
 - ``vae/`` -> ``kl_vae`` with ``diffusers_config`` (its ``scaling_factor`` is the scale);
 - ``text_encoder/`` + ``tokenizer/`` -> ``clap_text`` (ClapTextModelWithProjection, the text
   embedding L2-normalised as the pipeline does; the tokenizer folder is copied into the run);
-- ``vocoder/`` -> ``hifigan`` with its configuration;
+- ``vocoder/`` -> ``hifigan`` with its configuration (SpeechT5HifiGan's defaults filled in);
 - ``scheduler/scheduler_config.json`` -> the ``vp_discrete`` process (betas, prediction,
-  spacing, offset, final alpha) and DDIM sampling.
+  training steps, spacing, offset, final alpha) and the sampler of its class (DDIM for
+  ``DDIMScheduler``, DDPM for ``DDPMScheduler``; DDIM, with a note, for others).
+
+What tta cannot represent is refused before anything is written, naming the field: parts
+that are not AudioLDM's classes, a U-Net that does not fit the VAE's latents or the text
+encoder's vector, a scheduler with ``trained_betas``, another beta schedule or prediction,
+``clip_sample``, ``thresholding`` or ``rescale_betas_zero_snr`` (tta's samplers do none of
+them); the networks' own components refuse configurations they cannot build (kl_vae: other
+than one mel channel, shifted or normalised latents; unet2d: inputs beyond tokens and a
+pooled vector).
 
 The audio section follows the vocoder (rate, hop, mel bands) with AudioLDM's STFT
 (1024-point, 0-8 kHz); its duration is the pipeline's default length (the U-Net's
-``sample_size``). The VAE and the U-Net each get a training stage (``vae``, ``ldm``: the U-Net
-fine-tunes on captions through the frozen text encoder, given ``data.train``), the text
-encoder and vocoder land in ``weights/``. Weights are read from ``*.safetensors`` (or
-``*.bin``, without running anything in it).
+``sample_size`` in latent frames), or the shortest that holds one STFT window when that is
+shorter, and ``min_duration`` is at most the duration. The VAE and the U-Net each get a
+training stage (``vae``, ``ldm``: the U-Net fine-tunes on captions through the frozen text
+encoder, given ``data.train``), the text encoder and vocoder land in ``weights/``. Weights
+are read from ``*.safetensors`` (or ``*.bin``, without running anything in it).
 """
 
 from __future__ import annotations
@@ -56,11 +67,19 @@ def _weights(folder: Path, part: str) -> tuple[dict, str]:
     return state, str(folder / part)
 
 
+#: The written recipe's ``audio.min_duration`` unless that is longer than its duration.
+MIN_DURATION = 0.25
+#: AudioLDM's STFT (1024-point, 0-8 kHz), which its vocoder and VAE were trained on.
+N_FFT = 1024
+
+
 def _recipe(*, name: str, origin: str, rate: int, hop: int, n_mels: int, duration: float, vae_cfg: dict,
             text_cfg: dict, unet_cfg: dict, voc_cfg: dict, process: dict, out: Path, overrides: Sequence[str],
-            where: str) -> Any:
+            where: str, sampler: str = "ddim") -> Any:
     """The recipe of an imported AudioLDM: its networks exactly, AudioLDM's STFT, a VAE and an
-    LDM stage, DDIM 200 steps at guidance 2.5 (the original's defaults); ``--set`` applied."""
+    LDM stage, DDIM 200 steps at guidance 2.5 (the original's defaults); ``--set`` applied.
+    ``audio.min_duration`` (unless ``--set``) is at most the duration, so a short model's
+    recipe is valid too."""
     from tta_core.recipe import Recipe, apply_override
     from tta_core.yamlio import load_yaml
 
@@ -68,13 +87,13 @@ def _recipe(*, name: str, origin: str, rate: int, hop: int, n_mels: int, duratio
         "name": name,
         "description": f"imported from {origin}",
         "audio": {"sample_rate": rate, "duration": duration,
-                  "mel": {"n_fft": 1024, "hop": hop, "win": 1024, "n_mels": n_mels,
+                  "mel": {"n_fft": N_FFT, "hop": hop, "win": N_FFT, "n_mels": n_mels,
                           "fmin": 0, "fmax": min(8000, rate // 2)}},
         "components": {
             "vae": {"type": "kl_vae", "diffusers_config": vae_cfg},
             "text": {"type": "clap_text", "config": text_cfg, "tokenizer": str(out / "tokenizer")},
             "unet": {"type": "unet2d", "diffusers_config": unet_cfg, "cross_attention_dim": None,
-                     "pooled_dim": int(unet_cfg.get("projection_class_embeddings_input_dim") or 512),
+                     "pooled_dim": int(unet_cfg["projection_class_embeddings_input_dim"]),
                      "pooled_concat": bool(unet_cfg.get("class_embeddings_concat", False))},
             "process": process,
             "vocoder": {"type": "hifigan", "config": voc_cfg},
@@ -85,7 +104,7 @@ def _recipe(*, name: str, origin: str, rate: int, hop: int, n_mels: int, duratio
              "frozen": ["vae", "text"], "max_steps": 100000, "optimizer": {"lr": 3.0e-5}},
         ],
         # the original's defaults: DDIM 200 steps, guidance 2.5
-        "sample": {"sampler": {"type": "ddim"}, "steps": 200, "guidance": 2.5},
+        "sample": {"sampler": {"type": sampler}, "steps": 200, "guidance": 2.5},
     }
     node = load_yaml(json.dumps(data), where)  # location-keeping nodes, as a recipe file gives
     problems = []
@@ -96,7 +115,127 @@ def _recipe(*, name: str, origin: str, rate: int, hop: int, n_mels: int, duratio
             problems.append(str(exc))
     if problems:
         raise UsageError("--set: " + "; ".join(problems))
+    audio = node.get("audio")
+    if isinstance(audio, dict) and "min_duration" not in audio and isinstance(audio.get("duration"), (int, float)):
+        audio["min_duration"] = min(MIN_DURATION, float(audio["duration"]))
     return Recipe(path=out / "recipe.yaml", data=node, overrides=tuple(overrides))
+
+
+def _with_defaults(cls: Any, cfg: dict) -> dict:
+    """``cfg`` with the defaults of ``cls``'s constructor where it leaves a key out: the values
+    the pipeline's own classes load it with."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {**{p.name: p.default for p in params if p.default is not inspect.Parameter.empty}, **cfg}
+
+
+def _expect_class(cfg: dict, part: str, key: str, names: Sequence[str]) -> None:
+    got = cfg.get(key)
+    got = got[0] if isinstance(got, list) and len(got) == 1 else got
+    if got is not None and got not in names:
+        raise UsageError(f"{part}/config.json: {key} is {got!r}; an AudioLDM pipeline's {part} is "
+                         f"{' or '.join(names)}, which is what tta imports")
+
+
+def _networks(vae_raw: dict, unet_raw: dict, text_cfg: dict) -> tuple[dict, dict]:
+    """The VAE's and U-Net's configurations filled with diffusers' defaults, after the checks
+    that they fit each other and the text encoder as the pipeline joins them."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    _expect_class(vae_raw, "vae", "_class_name", ["AutoencoderKL"])
+    _expect_class(unet_raw, "unet", "_class_name", ["UNet2DConditionModel"])
+    vae, unet = _with_defaults(AutoencoderKL, vae_raw), _with_defaults(UNet2DConditionModel, unet_raw)
+    if unet["class_embed_type"] not in ("simple_projection", "projection"):
+        raise UsageError("unet/: AudioLDM's U-Net takes the CLAP vector as a simple_projection class embedding; "
+                         f"this one has class_embed_type {unet['class_embed_type']!r}")
+    width = int(text_cfg.get("projection_dim", 512))
+    if unet["projection_class_embeddings_input_dim"] != width:
+        raise UsageError(f"unet/config.json: projection_class_embeddings_input_dim is "
+                         f"{unet['projection_class_embeddings_input_dim']}, but the text encoder's projection_dim is "
+                         f"{width}: the U-Net could not take its CLAP vector")
+    if not (int(unet["in_channels"]) == int(unet["out_channels"]) == int(vae["latent_channels"])):
+        raise UsageError(f"unet/config.json: in_channels {unet['in_channels']} and out_channels {unet['out_channels']} "
+                         f"must both be the VAE's latent_channels ({vae['latent_channels']})")
+    size = unet["sample_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise UsageError(f"unet/config.json: sample_size is {size!r}; the AudioLDM pipeline's default length needs "
+                         "a whole number of latent frames")
+    return vae, unet
+
+
+def _duration(frames: int, per_frame: int, rate: int, notes: list[str]) -> float:
+    """The pipeline's default length (``frames`` latent frames of ``per_frame`` samples), or
+    the shortest one that holds an STFT window when it is shorter."""
+    if frames * per_frame <= N_FFT:
+        wanted = N_FFT // per_frame + 1
+        notes.append(f"the pipeline's default length ({frames * per_frame / rate:g} s) holds less than one "
+                     f"{N_FFT}-sample STFT window: audio.duration is {wanted * per_frame / rate:g} s "
+                     f"({wanted} latent frames), the shortest that does; change it with --set audio.duration=...")
+        frames = wanted
+    return frames * per_frame / rate
+
+
+_SAMPLERS = {"DDIMScheduler": "ddim", "DDPMScheduler": "ddpm"}
+_SPACINGS = ("leading", "linspace", "trailing")
+
+
+def _process(raw: dict, notes: list[str]) -> tuple[dict, str]:
+    """The ``vp_discrete`` process of a scheduler configuration, and the sampler that steps
+    as it does. What tta's processes and samplers cannot do is refused, naming the field."""
+    import diffusers
+
+    name = str(raw.get("_class_name", "DDIMScheduler"))
+    cls = getattr(diffusers, name, None) if name.isidentifier() and name.endswith("Scheduler") else None
+    if cls is None:
+        raise UsageError(f"scheduler/scheduler_config.json: _class_name {name!r} is not a diffusers scheduler")
+    sched = _with_defaults(cls, raw)
+    where = "scheduler/scheduler_config.json"
+    if sched.get("trained_betas") is not None:
+        raise UsageError(f"{where}: trained_betas (an explicit beta table) has no vp_discrete equivalent; "
+                         f"vp_discrete builds {', '.join(_BETAS)} schedules")
+    beta = sched.get("beta_schedule", "linear")
+    if beta not in _BETAS:
+        raise UsageError(f"{where}: beta_schedule {beta!r} has no vp_discrete equivalent (known: {', '.join(_BETAS)})")
+    prediction = sched.get("prediction_type", "epsilon")
+    if prediction not in _PREDICTIONS:
+        raise UsageError(f"{where}: prediction_type {prediction!r} is not one of {', '.join(_PREDICTIONS)}")
+    spacing = sched.get("timestep_spacing", "leading")
+    if spacing not in _SPACINGS:
+        raise UsageError(f"{where}: timestep_spacing {spacing!r} is not one of {', '.join(_SPACINGS)}")
+    for key, what in (("rescale_betas_zero_snr", "rescales the betas to zero terminal SNR"),
+                      ("clip_sample", "clips each step's clean-signal estimate to clip_sample_range"),
+                      ("thresholding", "thresholds each step's clean-signal estimate dynamically")):
+        if sched.get(key):
+            raise UsageError(f"{where}: {key} is true (the scheduler {what}); tta's processes and samplers do not, "
+                             f"so the imported model would not sample as the pipeline does. Refused; a copy of the "
+                             f"folder with \"{key}\": false imports (and samples without it)")
+    if name == "DDPMScheduler" and sched.get("variance_type") not in ("fixed_small", None):
+        raise UsageError(f"{where}: variance_type {sched.get('variance_type')!r}; tta's ddpm sampler has "
+                         "diffusers' fixed_small variance")
+    sampler = _SAMPLERS.get(name, "ddim")
+    if name not in _SAMPLERS:
+        notes.append(f"scheduler: {name} has no tta sampler; the recipe samples with DDIM on the same noise "
+                     "schedule (--sampler, or --set sample.sampler.type=..., chooses another)")
+    process = {
+        "type": "vp_discrete", "num_train_timesteps": int(sched.get("num_train_timesteps", 1000)),
+        "betas": _BETAS[beta], "beta_start": float(sched.get("beta_start", 0.0001)),
+        "beta_end": float(sched.get("beta_end", 0.02)), "prediction": _PREDICTIONS[prediction],
+        "spacing": spacing, "steps_offset": int(sched.get("steps_offset", 0) or 0),
+        # DDPMScheduler (and those without the option) step to alpha 1 at the end
+        "set_alpha_to_one": bool(sched.get("set_alpha_to_one", True)),
+    }
+    return process, sampler
+
+
+def _vocoder(raw: dict) -> dict:
+    """The vocoder's configuration, SpeechT5HifiGanConfig's defaults filled in (hifigan would
+    fill AudioLDM's, which are not the pipeline's)."""
+    from transformers import SpeechT5HifiGanConfig
+
+    _expect_class(raw, "vocoder", "architectures", ["SpeechT5HifiGan"])
+    keep = {k: v for k, v in raw.items() if k not in ("architectures", "transformers_version", "_name_or_path")}
+    return _with_defaults(SpeechT5HifiGanConfig, keep)
 
 
 class DiffusersImporter:
@@ -116,43 +255,26 @@ class DiffusersImporter:
         missing = [p for p in PARTS if not (folder / p).is_dir()]
         if missing:
             raise UsageError(f"{folder} is not an AudioLDM pipeline folder: no {', '.join(p + '/' for p in missing)}")
-        unet_cfg, vae_cfg = _config(folder, "unet"), _config(folder, "vae")
-        text_cfg, voc_cfg = _config(folder, "text_encoder"), _config(folder, "vocoder")
-        sched = _config(folder, "scheduler", "scheduler_config.json")
-        notes = []
+        unet_raw, vae_raw = _config(folder, "unet"), _config(folder, "vae")
+        text_cfg, voc_cfg = _config(folder, "text_encoder"), _vocoder(_config(folder, "vocoder"))
+        _expect_class(text_cfg, "text_encoder", "architectures", ["ClapTextModelWithProjection"])
+        notes: list[str] = []
+        vae_cfg, unet_cfg = _networks(vae_raw, unet_raw, text_cfg)
+        process, sampler = _process(_config(folder, "scheduler", "scheduler_config.json"), notes)
 
-        hop = math.prod(voc_cfg.get("upsample_rates", [5, 4, 2, 2, 2]))
-        rate = int(voc_cfg.get("sampling_rate", 16000))
-        vae_scale = 2 ** (len(vae_cfg.get("block_out_channels", [1])) - 1)
-        duration = float(unet_cfg.get("sample_size", 256)) * vae_scale * hop / rate
-        beta = sched.get("beta_schedule", "linear")
-        if beta not in _BETAS or sched.get("trained_betas") is not None:
-            raise UsageError(f"scheduler: beta_schedule {beta!r} (or trained_betas) has no vp_discrete equivalent")
-        prediction = sched.get("prediction_type", "epsilon")
-        if prediction not in _PREDICTIONS:
-            raise UsageError(f"scheduler: prediction_type {prediction!r} is not one of {', '.join(_PREDICTIONS)}")
-        for key in ("clip_sample", "thresholding", "rescale_betas_zero_snr"):
-            if sched.get(key):
-                notes.append(f"scheduler: {key} is set in the pipeline; tta's DDIM does not do it, outputs will differ")
-        process = {
-            "type": "vp_discrete", "num_train_timesteps": int(sched.get("num_train_timesteps", 1000)),
-            "betas": _BETAS[beta], "beta_start": float(sched.get("beta_start", 0.0001)),
-            "beta_end": float(sched.get("beta_end", 0.02)), "prediction": _PREDICTIONS[prediction],
-            "spacing": sched.get("timestep_spacing", "leading"), "steps_offset": int(sched.get("steps_offset", 0)),
-            "set_alpha_to_one": bool(sched.get("set_alpha_to_one", True)),
-        }
-        if unet_cfg.get("class_embed_type") != "simple_projection":
-            raise UsageError("unet/: AudioLDM's U-Net takes the CLAP vector as a simple_projection class embedding; "
-                             f"this one has class_embed_type {unet_cfg.get('class_embed_type')!r}")
+        hop, rate = math.prod(voc_cfg["upsample_rates"]), int(voc_cfg["sampling_rate"])
+        vae_scale = 2 ** (len(vae_cfg["block_out_channels"]) - 1)  # as the pipeline's vae_scale_factor
+        duration = _duration(int(unet_cfg["sample_size"]), vae_scale * hop, rate, notes)
         rec = _recipe(name=folder.name or "audioldm", origin=f"the diffusers AudioLDM pipeline in {folder}",
-                      rate=rate, hop=hop, n_mels=int(voc_cfg.get("model_in_dim", 64)), duration=duration,
-                      vae_cfg=vae_cfg, text_cfg=text_cfg, unet_cfg=unet_cfg, voc_cfg=voc_cfg, process=process,
-                      out=out, overrides=overrides, where=str(folder))
+                      rate=rate, hop=hop, n_mels=int(voc_cfg["model_in_dim"]), duration=duration,
+                      vae_cfg=vae_raw, text_cfg=text_cfg, unet_cfg=unet_raw,
+                      voc_cfg=voc_cfg, process=process, out=out, overrides=overrides, where=str(folder),
+                      sampler=sampler)
 
         weights, sources_ = {}, {}
         vae, sources_["vae"] = _weights(folder, "vae")
         weights["vae"] = {f"vae.{k}": v for k, v in vae.items()}
-        weights["vae"]["scale_factor"] = torch.tensor(float(vae_cfg.get("scaling_factor", 1.0)))
+        weights["vae"]["scale_factor"] = torch.tensor(float(vae_cfg["scaling_factor"]))
         unet, sources_["unet"] = _weights(folder, "unet")
         weights["unet"] = {f"unet.{k}": v for k, v in unet.items()}
         text, sources_["text"] = _weights(folder, "text_encoder")

@@ -85,6 +85,9 @@ def unet_config(state: Mapping[str, Any], *, head_width: int | None = None, head
     widths, layers, attends = _unet_levels(state)
     time_dim = int(state["time_embed.0.weight"].shape[0])
     emb_in = int(state["input_blocks.1.0.emb_layers.1.weight"].shape[1])
+    # use_scale_shift_norm: each resnet's embedding projection gives a scale and a shift
+    scale_shift = (int(state["input_blocks.1.0.emb_layers.1.weight"].shape[0])
+                   == 2 * int(state["input_blocks.1.0.out_layers.3.weight"].shape[0]))
     keys = [k for k in state if k.endswith("attn2.to_k.weight")]
     # AudioLDM gives its attention no context: each level attends to itself (a context as wide
     # as the level); Amphion's attends to T5 tokens of one width
@@ -107,10 +110,17 @@ def unet_config(state: Mapping[str, Any], *, head_width: int | None = None, head
         "attention_head_dim": [max(1, w // head_width) for w in widths] if head_width else int(heads),
         "transformer_layers_per_block": depth,
         "use_linear_projection": bool(proj and state[proj].ndim == 2),
-        "norm_num_groups": 32,
+        "norm_num_groups": 32,  # the LDM code's normalization() is GroupNorm32: 32 groups, always
         "flip_sin_to_cos": True,
         "freq_shift": 0,
+        "resnet_time_scale_shift": "scale_shift" if scale_shift else "default",
     }
+    if int(state["time_embed.0.weight"].shape[1]) != widths[0]:
+        raise UsageError(f"the U-Net's timestep embedding is {int(state['time_embed.0.weight'].shape[1])} wide and its "
+                         f"first level {widths[0]}: diffusers' UNet2DConditionModel needs them equal "
+                         "(a channel_mult starting at 1)")
+    if time_dim != 4 * widths[0]:  # diffusers' default is 4 x the first level's width, as the LDM code's
+        cfg["time_embedding_dim"] = time_dim
     if "film_emb.weight" in state:
         cfg["class_embed_type"] = "simple_projection"
         cfg["projection_class_embeddings_input_dim"] = int(state["film_emb.weight"].shape[1])
@@ -190,7 +200,7 @@ def vae_config(state: Mapping[str, Any], *, scaling_factor: float) -> dict:
         "block_out_channels": [int(state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]) for i in levels],
         "layers_per_block": len(_int_keys(state, r"encoder\.down\.0\.block\.(\d+)\.")),
         "latent_channels": z,
-        "norm_num_groups": 32,
+        "norm_num_groups": 32,  # the LDM autoencoder's Normalize(): GroupNorm of 32 groups, always
         "mid_block_add_attention": any(k.startswith("encoder.mid.attn_1.") for k in state),
         "scaling_factor": float(scaling_factor),
     }

@@ -19,9 +19,12 @@ frequency rows.
 ``diffusers_config``: a whole UNet2DConditionModel configuration (a diffusers ``unet/config.json``,
 as ``tta-run import audioldm-diffusers`` writes it into the recipe) builds that network
 exactly; ``cross_attention_dim`` / ``pooled_dim`` still say which conditioning it takes, and
-the structural arguments (channels, levels, heads) are then not used. Latents then go in at
-their own size, unpadded, as that network's pipeline gives them (diffusers upsamples each level
-to its skip connection's size).
+the structural arguments (channels, levels, heads, groups) are then not used. A configuration
+whose network needs other inputs (``addition_embed_type``, ``encoder_hid_dim``,
+``time_cond_proj_dim``, ``num_class_embeds``, a gated ``attention_type``), or whose class
+embedding or cross-attention width disagrees with ``pooled_dim`` / ``cross_attention_dim``, is
+refused naming the field. Such a network takes latents at their own size, unpadded, as its
+pipeline gives them (diffusers upsamples each level to its skip connection's size).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class UNet2D(torch.nn.Module):
         if diffusers_config is not None:
             if self.patch != (1, 1):
                 raise ValueError("unet2d: patch_size is for networks built here, not with diffusers_config")
+            _check_diffusers_config(dict(diffusers_config), cross_attention_dim, pooled_dim)
             self.unet = UNet2DConditionModel.from_config(dict(diffusers_config))
             # sizes as given, as the network's own pipeline passes them (diffusers upsamples to each skip's size)
             self._finish(cross_attention_dim, pooled_dim, (1, 1), gradient_checkpointing)
@@ -119,6 +123,40 @@ class UNet2D(torch.nn.Module):
             kwargs["class_labels"] = cond.pooled
         out = _unpatch(self.unet(_patch(x, self.patch), t, **kwargs).sample, self.patch)
         return out[..., :h, :w]
+
+
+def _check_diffusers_config(cfg: dict, cross_attention_dim: int | None, pooled_dim: int | None) -> None:
+    """Refuse a configuration whose network needs inputs unet2d does not give it (it passes the
+    latent, the timestep, the tokens as ``encoder_hidden_states`` and the pooled vector as
+    ``class_labels``, nothing else), or that disagrees with the conditioning it is told of."""
+    def get(key: str, default=None):
+        return cfg.get(key, default)
+
+    needs = [f"{key}={get(key)!r}" for key in ("addition_embed_type", "encoder_hid_dim", "encoder_hid_dim_type",
+                                                 "time_cond_proj_dim", "num_class_embeds") if get(key) is not None]
+    if str(get("attention_type", "default")) != "default":
+        needs.append(f"attention_type={get('attention_type')!r}")
+    if needs:
+        raise ValueError(f"unet2d: diffusers_config sets {', '.join(needs)}: that network takes inputs unet2d "
+                         "does not give (it passes tokens and a pooled vector only)")
+    if int(get("in_channels", 4)) != int(get("out_channels", 4)):
+        raise ValueError(f"unet2d: diffusers_config has in_channels {get('in_channels', 4)} and out_channels "
+                         f"{get('out_channels', 4)}; a denoiser's output has the shape of its input")
+    pooled = get("class_embed_type")
+    if pooled_dim is not None:
+        if pooled not in ("projection", "simple_projection"):
+            raise ValueError(f"unet2d: pooled_dim is {pooled_dim} but diffusers_config's class_embed_type is "
+                             f"{pooled!r}; "
+                             "a pooled vector goes in through a 'projection' or 'simple_projection' class embedding")
+        if get("projection_class_embeddings_input_dim") != pooled_dim:
+            raise ValueError(f"unet2d: pooled_dim is {pooled_dim} but diffusers_config's "
+                             f"projection_class_embeddings_input_dim is {get('projection_class_embeddings_input_dim')}")
+    elif pooled is not None:
+        raise ValueError(f"unet2d: diffusers_config has a class embedding ({pooled!r}) but pooled_dim is not set: "
+                         "set it to the width of the vector the network takes")
+    if cross_attention_dim is not None and get("cross_attention_dim", 1280) != cross_attention_dim:
+        raise ValueError(f"unet2d: cross_attention_dim is {cross_attention_dim} but diffusers_config's is "
+                         f"{get('cross_attention_dim', 1280)}")
 
 
 def _patch(x: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:

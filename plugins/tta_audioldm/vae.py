@@ -6,8 +6,11 @@ estimated from data while the VAE trains), a buffer saved with the weights, so a
 diffusion model sees unit-variance latents whatever VAE it sits on.
 
 ``diffusers_config``: a whole AutoencoderKL configuration (a diffusers ``vae/config.json``)
-builds that network exactly, its ``scaling_factor`` as the scale (``tta-run import
-audioldm-diffusers`` writes it into the recipe).
+builds that network exactly (its ``norm_num_groups`` and every other field; ``channels``,
+``norm_groups`` and the other structural arguments are then not used), its ``scaling_factor``
+as the scale (``tta-run import audioldm-diffusers`` writes it into the recipe). A configuration
+kl_vae cannot be is refused: other than one input and output channel, or ``shift_factor`` /
+``latents_mean`` / ``latents_std`` (kl_vae only scales its latents).
 
 ``mel_mean`` / ``mel_std``: the network sees ``(log_mel - mel_mean) / mel_std`` and its output
 is mapped back, so reconstructions and losses stay in log-mel units. AudioLDM and Amphion feed
@@ -22,6 +25,23 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+
+
+#: AutoencoderKL's defaults (diffusers), for the keys a configuration leaves out.
+_AUTOENCODER_KL_DEFAULTS = {"block_out_channels": (64,), "latent_channels": 4, "norm_num_groups": 32,
+                            "scaling_factor": 0.18215, "in_channels": 3, "out_channels": 3}
+
+
+def _check_diffusers_config(cfg: dict) -> None:
+    """Refuse what kl_vae cannot be: a network on other than one mel channel, or latents
+    shifted or normalised per channel (kl_vae only scales them, as AudioLDM does)."""
+    if int(cfg["in_channels"]) != 1 or int(cfg["out_channels"]) != 1:
+        raise ValueError(f"kl_vae: diffusers_config has in_channels {cfg['in_channels']} and out_channels "
+                         f"{cfg['out_channels']}; kl_vae encodes one log-mel channel (both must be 1)")
+    for key in ("shift_factor", "latents_mean", "latents_std"):
+        if cfg.get(key) is not None:
+            raise ValueError(f"kl_vae: diffusers_config sets {key}={cfg[key]!r}; kl_vae only scales latents "
+                             "(scaling_factor), it cannot shift or normalise them")
 
 
 class KLVAE(torch.nn.Module):
@@ -43,14 +63,16 @@ class KLVAE(torch.nn.Module):
         super().__init__()
         from diffusers import AutoencoderKL
 
-        if diffusers_config is not None:  # a diffusers vae/config.json decides the structure
-            cfg = dict(diffusers_config)
-            channels = tuple(cfg.get("block_out_channels", channels))
-            latent_channels = int(cfg.get("latent_channels", latent_channels))
-            scale_factor = float(cfg.get("scaling_factor", scale_factor))
+        if diffusers_config is not None:  # a diffusers vae/config.json decides the structure, its groups too
+            cfg = {**_AUTOENCODER_KL_DEFAULTS, **dict(diffusers_config)}
+            channels = tuple(cfg["block_out_channels"])
+            latent_channels, norm_groups = int(cfg["latent_channels"]), int(cfg["norm_num_groups"])
+            scale_factor = float(cfg["scaling_factor"])
+            _check_diffusers_config(cfg)
         channels = tuple(channels)
         if any(c % norm_groups for c in channels):
-            raise ValueError(f"kl_vae: every channel count must be a multiple of norm_groups={norm_groups}, got {channels}")
+            raise ValueError(f"kl_vae: every channel count must be a multiple of the {norm_groups} normalisation "
+                             f"groups (norm_groups, or diffusers_config's norm_num_groups), got {channels}")
         if diffusers_config is not None:
             self.vae = AutoencoderKL.from_config(dict(diffusers_config))
         else:

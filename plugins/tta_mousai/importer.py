@@ -64,7 +64,8 @@ class BirdsImporter:
 
         def expected(r: Any, name: str) -> list[str]:
             with torch.random.fork_rng(devices=[]):
-                module = build(r.components[name], component_kind(r, name, registry), registry, audio=audio_config(r))
+                module = build(r.components[name], component_kind(r, name, registry), registry,
+                               where=f"components.{name}", audio=audio_config(r))
             return list(module.state_dict())
 
         # the DiffAE's channel count, from its learned filterbank (read before its key names,

@@ -72,6 +72,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     where.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cuda when available)")
     where.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
                        help="run the denoiser under autocast in this precision (auto: bf16 where native, else fp32)")
+    where.add_argument("--skip-memory-check", action="store_true",
+                       help="generate even when a batch is estimated to need more memory than the device has free")
     where.add_argument("--no-progress", action="store_true",
                        help="no progress report (a bar on a terminal, else a line every 10 s per batch)")
 
@@ -242,7 +244,7 @@ def _sample(args: argparse.Namespace) -> int:
     manifest_path = out / NAME
     taken = set() if args.overwrite else {Path(row["file"]).stem for row in check_sample_manifest(out)}
     batches = pipe.batches([prompt for _, prompt in entries], n=args.n, settings=st,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, memory_check=not args.skip_memory_check)
     written, renamed, pending = 0, 0, {}
     for batch in batches:
         out.mkdir(parents=True, exist_ok=True)

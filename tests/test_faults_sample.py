@@ -194,7 +194,7 @@ STAGE = "  - {name: ldm, objective: {type: toy_objective}, trains: [unet, text],
     ("checkpoint_every: 0", "'train.ldm.checkpoint_every': must be at least 1, got integer 0"),
     ("batch_size: 0", "'train.ldm.batch_size': must be at least 1, got integer 0"),
     ("grad_accum: 0", "'train.ldm.grad_accum': must be at least 1"),
-    ("max_steps: -5", "'train.ldm.max_steps': must be at least 1, got integer -5"),
+    ("max_steps: -5", "'train.ldm.max_steps': must be at least 0, got integer -5"),
     ("log_every: 0", "'train.ldm.log_every': must be at least 1"),
     ("keep_last: 0", "'train.ldm.keep_last': must be at least 1"),
     ("duration: 0", "'train.ldm.duration': must be greater than 0"),
@@ -310,3 +310,13 @@ def test_a_generation_estimated_beyond_free_memory_is_refused_with_the_estimate(
     mb = {k: float(v.split("needs about ")[1].split(" MB at its peak")[0]) for k, v in need.items()}
     assert 1.8 < mb[120] / mb[60] < 2.2
     assert _sample(recipe, run, out, "--text", "rain", "--duration", "2", "--skip-memory-check") == 0
+
+
+def test_train_numbers_on_the_command_line_are_checked_as_they_are_read(toy, tmp_path, capsys):
+    recipe, run, _ = toy
+    for flags, message in [(["--max-steps", "-5"], "argument --max-steps: must be at least 0, got integer -5"),
+                           (["--max-steps", "x"], "argument --max-steps: expected an integer, got 'x'"),
+                           (["--seed", "-1"], "argument --seed: must be at least 0")]:
+        assert main([str(recipe), "train", "--run-dir", str(run), *flags]) == 2
+        assert message in capsys.readouterr().err
+    assert not run.exists()

@@ -14,6 +14,10 @@ A checkpoint is written into a hidden temporary folder, every file fsynced, then
 place; only then is ``latest`` replaced (itself through a temporary file and a rename). A crash
 at any point leaves the previous checkpoint complete and selected. Loading never unpickles
 arbitrary objects: weights are safetensors, state tensors go through ``weights_only=True``.
+
+A file that cannot be read (truncated, overwritten by a disk fault) raises
+:class:`CheckpointDamaged`, whose message names the file and the way out; nothing here ever
+deletes a damaged checkpoint.
 """
 
 from __future__ import annotations
@@ -32,7 +36,25 @@ LATEST = "latest"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-def _fsync_dir(path: Path) -> None:
+class CheckpointDamaged(CheckpointError):
+    """A checkpoint file exists but cannot be read: truncated, overwritten, or not what its name says."""
+
+
+def _damaged(path: Path, reason: Any) -> CheckpointDamaged:
+    """The error for an unreadable file, with the next step when it lies in a checkpoint folder."""
+    folder = path.parent
+    if not _STEP_DIR.match(folder.name):
+        return CheckpointDamaged(f"cannot read {path}: {reason}. The file is damaged (truncated or overwritten) "
+                                 "or is not what its name says.")
+    return CheckpointDamaged(
+        f"checkpoint {folder} is damaged: cannot read {path.name} ({reason}); it was left in place. "
+        f"To go back to the checkpoint before it, move this folder out of {folder.parent} "
+        f"(e.g. mv {folder} {folder}.damaged); to start the stage over, train with --fresh."
+    )
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (where the filesystem allows)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # some filesystems do not open directories
@@ -58,7 +80,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     _write_file(tmp, data.encode() if isinstance(data, str) else data)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _plain_state_dict(state_dict: Mapping[str, Any]) -> dict:
@@ -96,7 +118,12 @@ def load_weights(path: str | os.PathLike, device: str = "cpu") -> dict:
     try:
         return load_file(str(path), device=device)
     except Exception as exc:
-        raise CheckpointError(f"cannot read weights {path}: {exc}") from exc
+        raise _damaged(path, _first_line(exc)) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def weights_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -123,15 +150,21 @@ def torch_load(path: str | os.PathLike, map_location: str = "cpu") -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()
-        reason = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else "")
+        unsafe = next((line for line in first if "GLOBAL" in line or "Unsupported global" in line), None)
+        if unsafe is None:  # not a refused object but bytes that are no pickle at all
+            reason = next((line for line in first if "Unsupported" in line), first[0] if first else "")
+            raise _damaged(path, reason.strip() or "not a torch.save file") from None
+        reason = unsafe
         raise CheckpointError(
             f"refusing to load {path}: it needs Python objects beyond tensors and plain "
             f"containers to unpickle ({reason.strip()}). Loading it could run arbitrary code. "
             "If you trust the file, convert it to a plain state dict or safetensors in a "
             "separate Python session."
         ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    except EOFError:
+        raise _damaged(path, "the file is empty") from None
+    except (RuntimeError, OSError) as exc:
+        raise _damaged(path, _first_line(exc)) from exc
 
 
 @dataclass
@@ -154,6 +187,36 @@ class Checkpoint:
     def tensors(self, device: str = "cpu") -> dict:
         path = self.path / "state.pt"
         return torch_load(path, map_location=device) if path.exists() else {}
+
+    def read(self) -> "CheckpointContents":
+        """Every file of the checkpoint, read into memory (on the CPU): a damaged one raises
+        :class:`CheckpointDamaged` before anything is loaded into a model."""
+        return CheckpointContents({name: self.weights(name) for name in self.weight_names()}, self.tensors())
+
+
+@dataclass
+class CheckpointContents:
+    weights: dict  # weight-set name -> state dict
+    tensors: dict  # what state.pt holds
+
+
+def checkpoint_dirs(root: str | os.PathLike) -> list[tuple[int, Path]]:
+    """The complete checkpoint folders under ``root`` (those with a state.json), oldest first."""
+    return _step_dirs(Path(root))
+
+
+def resume_candidates(root: str | os.PathLike) -> list[Path]:
+    """Checkpoint folders to resume from, best first: the selected one (see
+    :func:`latest_checkpoint`), then the complete ones before it, newest first."""
+    root = Path(root)
+    dirs = _step_dirs(root)
+    if not dirs:
+        return []
+    chosen = _selected(root)
+    step = next((s for s, p in dirs if p == chosen), None)
+    if step is None:
+        step, chosen = dirs[-1]
+    return [chosen] + [p for s, p in reversed(dirs) if s < step]
 
 
 def _step_dirs(root: Path) -> list[tuple[int, Path]]:
@@ -204,7 +267,7 @@ def save_checkpoint(
             _write_file(tmp / "state.pt", buffer.getvalue())
         body = {"step": step, **dict(state or {})}
         _write_file(tmp / "state.json", json.dumps(body, indent=2, sort_keys=True).encode())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # re-saving the same step replaces it
             old = root / f".old-step-{step:08d}-{os.getpid()}"
             os.replace(final, old)
@@ -212,7 +275,7 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         atomic_write(root / LATEST, final.name + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -220,16 +283,21 @@ def save_checkpoint(
     return final
 
 
+def _selected(root: Path) -> Path | None:
+    """The complete checkpoint folder that ``latest`` names, if it names one."""
+    marker = root / LATEST
+    try:
+        name = marker.read_text().strip()
+    except (OSError, UnicodeDecodeError):  # no marker, or an unreadable one: the newest folder is chosen
+        return None
+    candidate = root / name
+    return candidate if _STEP_DIR.match(name) and (candidate / "state.json").exists() else None
+
+
 def latest_checkpoint(root: str | os.PathLike) -> Checkpoint | None:
     """The selected checkpoint: the one ``latest`` names, else the newest complete one."""
     root = Path(root)
-    marker = root / LATEST
-    chosen: Path | None = None
-    if marker.exists():
-        name = marker.read_text().strip()
-        candidate = root / name
-        if _STEP_DIR.match(name) and (candidate / "state.json").exists():
-            chosen = candidate
+    chosen = _selected(root)
     if chosen is None:
         dirs = _step_dirs(root)
         if not dirs:
@@ -245,22 +313,36 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"not a complete checkpoint (no state.json): {path}")
     try:
         state = json.loads(state_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read {state_file}: {exc}") from exc
-    return Checkpoint(path=path, step=int(state.get("step", 0)), state=state)
+        step = int(state.get("step", 0))
+    except (OSError, ValueError, AttributeError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        raise _damaged(state_file, _first_line(exc)) from exc
+    return Checkpoint(path=path, step=step, state=state)
 
 
 def list_checkpoints(root: str | os.PathLike) -> list[Checkpoint]:
     return [load_checkpoint(p) for _, p in _step_dirs(Path(root))]
 
 
+_OLD_STEP = re.compile(r"^\.old-step-(\d+)-\d+$")
+
+
 def clean_temporaries(root: str | os.PathLike) -> None:
-    """Remove folders left by writes that were interrupted (never a complete checkpoint)."""
+    """Remove folders left by writes that were interrupted (never a complete checkpoint).
+
+    A checkpoint being replaced by a re-save of its step is set aside as ``.old-step-*``
+    first: when the process died before the new one took its place, it is put back."""
     root = Path(root)
-    if root.is_dir():
-        for p in root.iterdir():
-            if p.name.startswith((".tmp-step-", ".old-step-")) and p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
+    if not root.is_dir():
+        return
+    for p in sorted(root.iterdir()):
+        old = _OLD_STEP.match(p.name)
+        if old and p.is_dir() and (p / "state.json").exists():
+            final = root / f"step-{old.group(1)}"
+            if not final.exists():
+                os.replace(p, final)
+                continue
+        if p.name.startswith((".tmp-step-", ".old-step-")) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
 
 
 _REFIT_HINT = ("Did the recipe change since these weights were written? "

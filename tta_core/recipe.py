@@ -157,7 +157,7 @@ STAGE_FIELDS: dict[str, Any] = {
     "trains": list[Ref(*KINDS)],
     "frozen": list[Ref(*KINDS)],
     "init_from": str,
-    "max_steps": at_least(1),
+    "max_steps": at_least(0),  # 0: the starting weights, written as step 0
     "batch_size": at_least(1),
     "duration": Positive,  # seconds per training example in this stage (default: audio.duration)
     "grad_accum": at_least(1),

@@ -10,10 +10,12 @@ resumed run reproduces an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import time
@@ -23,12 +25,13 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import (clean_temporaries, latest_checkpoint, list_checkpoints, load_state, load_weights,
-                          save_checkpoint)
+from ..checkpoint import (Checkpoint, CheckpointContents, CheckpointDamaged, atomic_write, checkpoint_dirs,
+                          clean_temporaries, fsync_dir, latest_checkpoint, load_checkpoint, load_state, load_weights,
+                          resume_candidates, save_checkpoint)
 from ..errors import CheckpointError, TtaError, UsageError
 from ..interfaces import Conditioning
 from ..recipe import Recipe, build, component_kind
-from ..runs import RunDir, has_params, stages_training, weights_file
+from ..runs import RunDir, StageLock, has_params, stages_training, weights_file
 from ..yamlio import dump_yaml
 from .data import EpochView, StreamBatchSampler
 from .stage import StageConfig
@@ -52,10 +55,51 @@ class TrainResult:
     signal: int | None = None  # the signal that stopped the run, if any
     nonfinite_skipped: int = 0
     metrics: dict = field(default_factory=dict)
+    wrote_checkpoint: bool = False  # whether this run wrote one (with --fresh: replaced the old ones)
 
     @property
     def exit_code(self) -> int:
         return 128 + self.signal if self.signal else 0
+
+
+class _Interrupted(BaseException):
+    """SIGINT/SIGTERM during start-up: unwinds it (nothing has changed in the run yet). A
+    BaseException, so that no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@dataclass
+class _Job:
+    """What a stage's training loop works with (built by Trainer._prepare)."""
+
+    ctx: Any
+    objective: Any
+    trained: dict
+    wrapped: dict
+    param_lists: dict
+    optimizers: dict
+    prepared_opts: dict
+    schedulers: dict
+    emas: dict
+    dataset: Any
+    batches: Any
+    start: int
+    nonfinite_total: int
+    resume: Checkpoint | None
+
+
+def check_device(device: str | None) -> None:
+    """A UsageError for a --device training cannot use here: checked before anything is built."""
+    if device in (None, "auto", "cpu"):
+        return
+    if not str(device).startswith("cuda"):
+        raise UsageError(f"--device takes cpu, cuda or auto, got {device!r}")
+    from ..sampling import pick_device
+
+    pick_device(device)
 
 
 def _mix(*values: int) -> int:
@@ -84,6 +128,7 @@ class Trainer:
         progress: bool = True,
         audio: Any = None,
     ):
+        check_device(device)
         self.recipe, self.registry, self.stage = recipe, registry, stage
         self.run = RunDir(run_dir)
         self.stage_order = stage_order
@@ -104,9 +149,8 @@ class Trainer:
     def _accelerator(self):
         from accelerate import Accelerator
 
+        check_device(self.device_name)
         cpu = self.device_name == "cpu" or (self.device_name in (None, "auto") and not torch.cuda.is_available())
-        if self.device_name not in (None, "auto", "cpu", "cuda") and not str(self.device_name).startswith("cuda"):
-            raise UsageError(f"--device takes cpu, cuda or auto, got {self.device_name!r}")
         from accelerate.state import AcceleratorState
 
         # one process runs stage after stage, each with its own precision: accelerate keeps
@@ -172,44 +216,101 @@ class Trainer:
             source = ema if source.name == weights_file(name) and ema.exists() else source
             target = self.run.root / "weights" / weights_file(name)
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
+            partial = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+            try:  # copied under another name and renamed: a stopped copy never looks like weights
+                shutil.copyfile(source, partial)
+                os.replace(partial, target)
+            finally:
+                partial.unlink(missing_ok=True)
             log.info("%s: weights copied from %s into %s", name, source, target)
 
-    def _init_from(self, components: dict[str, Any]) -> None:
+    def _init_sources(self) -> dict[str, Path]:
+        """Where --init-from has the weights of each trained component (checked before the
+        run changes anything)."""
         path = Path(self.init_from)
+        if not path.exists():
+            raise UsageError(f"--init-from {path}: no such file or folder")
+        sources = {}
         for name in self.stage.trains:
             source = _init_source(path, name)
             if source is None:
                 raise UsageError(f"--init-from {path}: no weights for '{name}' there "
                                  f"(looked for {weights_file(name)} in a checkpoint or run folder)")
-            load_state(components[name], load_weights(source), str(source), strict=not self.allow_partial)
+            sources[name] = source
+        return sources
 
     # -- the run ----------------------------------------------------------------------------
     def run_stage(self) -> TrainResult:
-        acc = self._accelerator()
-        stage, is_main = self.stage, acc.is_main_process
-        stage_dir = self.run.stage_dir(stage.name)
-        ckpt_root = self.run.checkpoints(stage.name)
-        if is_main:
-            _check_writable(stage_dir)
-            clean_temporaries(ckpt_root)
-            if self.fresh and ckpt_root.exists():
-                shutil.rmtree(ckpt_root)
-            (stage_dir / "recipe.resolved.yaml").write_text(dump_yaml(self.recipe.data))
-        acc.wait_for_everyone()
+        """Train the stage, resuming from its latest checkpoint unless ``fresh``.
 
+        Nothing in the run directory changes until every check has passed: the stage is locked,
+        the components are built, weights found, the data set built and its first batch read.
+        With ``fresh`` the new run writes its checkpoints beside the old ones
+        (``checkpoints.new-<time>``) and they replace the old ones only when the first is
+        complete, so a run that fails or is stopped before that leaves the stage as it was.
+        SIGINT/SIGTERM before the training loop stop the start-up at once (exit 130/143);
+        during the loop they finish the step and write a checkpoint.
+        """
+        self._graceful, self._wrote = False, False
+        self._ckpt_root = self.run.checkpoints(self.stage.name)
+        self._damaged: list[Path] = []
+        previous = _install_signal_handlers(self)
+        lock, is_main = None, False
+        try:
+            acc = self._accelerator()
+            is_main = acc.is_main_process
+            if is_main:  # one lock per stage folder, held by the process that writes it
+                lock = StageLock(self.run.stage_dir(self.stage.name))
+            self._on_main(acc, lambda: self._preflight(lock))
+            job = self._prepare(acc)
+            self._graceful = True  # from here a signal ends the run with a checkpoint
+            self._on_main(acc, self._commit)
+            return self._train(acc, job)
+        except _Interrupted as exc:
+            return TrainResult(self.stage.name, 0, None, exc.signum)
+        finally:
+            self._graceful = True  # a signal during the clean-up only asks to stop
+            if is_main:
+                self._keep_old_checkpoints()
+            if lock is not None:
+                lock.release()
+            _restore_signal_handlers(previous)
+
+    def _on_main(self, acc, fn) -> None:
+        """``fn()`` on the main process; when it fails every process raises (none waits forever)."""
+        error = None
+        if acc.is_main_process:
+            try:
+                fn()
+            except Exception as exc:
+                error = exc
+        if _any_rank(acc, error is not None):
+            raise error if error is not None else TtaError(
+                f"stage '{self.stage.name}': the main process could not go on (its message says why)")
+
+    def _preflight(self, lock: StageLock) -> None:
+        stage_dir = self.run.stage_dir(self.stage.name)
+        _check_writable(stage_dir)
+        lock.acquire()
+        _finish_cut_swap(stage_dir)
+
+    def _prepare(self, acc) -> _Job:
+        """Build and load everything the loop needs; reads the run directory, writes nothing
+        in it (but for frozen weights --init-from adds under ``weights/``)."""
+        stage = self.stage
         torch.manual_seed(self.seed)  # the same initial weights on every rank and every run
         components, roles = self._build_components()
         unknown = [n for n in (*stage.trains, *stage.frozen) if n not in components]
         if unknown:
             raise UsageError(f"stage '{stage.name}' names unknown components: {', '.join(unknown)}")
-        if self.init_from and is_main:
+        resume, contents = (None, None) if self.fresh else self._resume_point()
+        init = self._init_sources() if resume is None and self.init_from else {}
+        if self.init_from and acc.is_main_process:
             self._adopt(components)
         acc.wait_for_everyone()
         self._load_from_earlier(components)
-        resume = None if self.fresh else latest_checkpoint(ckpt_root)
-        if resume is None and self.init_from:
-            self._init_from(components)
+        for name, source in init.items():
+            load_state(components[name], load_weights(source), str(source), strict=not self.allow_partial)
 
         device = acc.device
         for name, module in components.items():
@@ -227,12 +328,12 @@ class Trainer:
         for module in extra.values():
             module.to(device).train()
         trained = {n: components[n] for n in stage.trains if has_params(components[n])} | extra
-
-        start = 0
-        nonfinite_total = 0
         if resume is not None:
-            self._restore_weights(resume, trained)
+            self._restore_weights(resume, contents, trained)
+        return self._prepare_training(acc, components, roles, extra, objective, trained, resume, contents)
 
+    def _prepare_training(self, acc, components, roles, extra, objective, trained, resume, contents) -> _Job:
+        stage, device = self.stage, acc.device
         # wrap for distributed training once the weights are in place; the objective sees
         # the wrapped modules (so gradients are synchronised), EMA and checkpoints the bare ones
         from .objective import StageContext
@@ -265,9 +366,10 @@ class Trainer:
                                      update_every=stage.ema.update_every, power=stage.ema.power,
                                      include_online_model=False).to(device)
         ctx.ema = {name: ema.ema_model for name, ema in emas.items()}
+        start = nonfinite_total = 0
         if resume is not None:
-            start, nonfinite_total = self._restore_state(resume, emas, optimizers, schedulers)
-            if is_main:
+            start, nonfinite_total = self._restore_state(resume, contents, emas, optimizers, schedulers)
+            if acc.is_main_process:
                 log.info("resuming stage '%s' from step %d (%s)", stage.name, start, resume.path)
         prepared_opts = {n: acc.prepare_optimizer(o) for n, o in optimizers.items()}
 
@@ -278,62 +380,53 @@ class Trainer:
         loader = torch.utils.data.DataLoader(
             EpochView(dataset), batch_sampler=sampler, num_workers=stage.num_workers,
             collate_fn=getattr(objective, "collate", None), persistent_workers=False,
+            worker_init_fn=_leave_signals_to_the_trainer if stage.num_workers else None,
         )
         batches = iter(loader)
+        if start < self.max_steps:  # a data set that cannot be read fails here, before the run changes anything
+            batches = itertools.chain([next(batches)], batches)
+        return _Job(ctx, objective, trained, wrapped, param_lists, optimizers, prepared_opts, schedulers, emas,
+                    dataset, batches, start, nonfinite_total, resume)
 
+    def _commit(self) -> None:
+        """Every check has passed: tidy what interrupted runs left, set damaged checkpoints
+        aside, choose where checkpoints go."""
+        stage_dir = self.run.stage_dir(self.stage.name)
+        final = self.run.checkpoints(self.stage.name)
+        _tidy_stage_dir(stage_dir)
+        for path in self._damaged:
+            aside = _free_name(path.with_name(path.name + ".damaged"))
+            os.replace(path, aside)
+            log.warning("moved the damaged checkpoint %s to %s (it is never read again; delete it when you like)",
+                        path, aside)
+        if self.fresh and checkpoint_dirs(final):
+            self._ckpt_root = _free_name(stage_dir / f"checkpoints.new-{time.strftime('%Y%m%d-%H%M%S')}")
+            log.info("--fresh: the new run writes into %s; its first checkpoint replaces those in %s "
+                     "(until then they stay as they are)", self._ckpt_root, final)
+
+    def _train(self, acc, job: _Job) -> TrainResult:
+        stage, is_main = self.stage, acc.is_main_process
+        stage_dir = self.run.stage_dir(stage.name)
         logger = _Logs(stage_dir / "logs", enabled=is_main)
         bar = None
-        if self.progress and is_main and start < self.max_steps:
+        if self.progress and is_main and job.start < self.max_steps:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=self.max_steps, initial=start, desc=f"train {stage.name}", unit="step", dynamic_ncols=True)
+            bar = tqdm(total=self.max_steps, initial=job.start, desc=f"train {stage.name}", unit="step",
+                       dynamic_ncols=True)
 
-        last_ckpt = resume.path if resume else None
-        nonfinite_run = 0
-        step = start
+        last_ckpt = job.resume.path if job.resume else None
+        nonfinite_total, nonfinite_run = job.nonfinite_total, 0
+        step = job.start
         t0, samples = time.perf_counter(), 0
-        previous = _install_signal_handlers(self)
         try:
             while step < self.max_steps:
-                losses_sum: dict[str, torch.Tensor] = {}  # on the device: read back only to log
-                skipped = False
-                for micro in range(stage.grad_accum):
-                    batch, empty = next(batches), 0
-                    while batch is None:  # every file of this micro-batch was bad (logged by the data layer)
-                        empty += 1
-                        if empty > max(10, 2 * len(dataset) // max(1, stage.batch_size)):
-                            raise TtaError(f"stage '{stage.name}': no usable training items (every file read was "
-                                           "bad); run `tta-run RECIPE prepare` for the report")
-                        batch = next(batches)
-                    batch = _to_device(batch, device)
-                    seed = _mix(self.seed, step, micro, acc.process_index)
-                    torch.manual_seed(seed)
-                    gen = torch.Generator(device=device).manual_seed(seed)
-                    last = micro == stage.grad_accum - 1
-                    sync = contextlib.ExitStack()
-                    if not last and acc.num_processes > 1:
-                        for module in wrapped.values():
-                            sync.enter_context(acc.no_sync(module))
-                    with sync:
-                        with acc.autocast():
-                            out = objective.losses(batch, step, gen)
-                        opt_losses = {k: v for k, v in out.items() if not k.startswith("log/")}
-                        bad = _any_rank(acc, not all(torch.isfinite(v.detach()).all() for v in opt_losses.values()))
-                        if bad:
-                            skipped = True
-                            break
-                        names = list(opt_losses)
-                        for i, name in enumerate(names):
-                            # with several optimizers, each loss reaches only its own
-                            # parameters (a generator loss must not touch the discriminator)
-                            kwargs = {"inputs": param_lists[name]} if len(optimizers) > 1 else {}
-                            acc.backward(opt_losses[name] / stage.grad_accum,
-                                         retain_graph=i < len(names) - 1, **kwargs)
-                    for key, value in out.items():
-                        losses_sum[key] = losses_sum.get(key, 0.0) + value.detach().float() / stage.grad_accum
-                    samples += stage.batch_size
-                if skipped:
-                    for opt in prepared_opts.values():
+                if step == job.start and self._stop_requested(acc):
+                    break  # stopped before the first step: there is nothing new to save
+                losses_sum, skipped_at = self._accumulate(acc, job, step)
+                samples += (stage.grad_accum if skipped_at is None else skipped_at) * stage.batch_size
+                if skipped_at is not None:
+                    for opt in job.prepared_opts.values():
                         opt.zero_grad(set_to_none=True)
                     nonfinite_total += 1
                     nonfinite_run += 1
@@ -342,28 +435,17 @@ class Trainer:
                     if nonfinite_run >= stage.max_nonfinite:
                         raise TrainingStopped(
                             f"stage '{stage.name}' stopped: {nonfinite_run} non-finite losses in a row at step {step}. "
-                            f"The last good checkpoint is {last_ckpt or 'none (no checkpoint was written yet)'}. "
+                            f"The last good checkpoint is {last_ckpt or self._no_checkpoint_yet()}. "
                             "Lower the learning rate, enable grad_clip, or use fp32/bf16 instead of fp16."
                         )
-                    if micro < stage.grad_accum - 1:  # keep the data stream aligned with the step
-                        for _ in range(stage.grad_accum - 1 - micro):
-                            next(batches)
+                    for _ in range(stage.grad_accum - 1 - skipped_at):  # keep the data stream aligned with the step
+                        next(job.batches)
                     step += 1
                     if self._stop_requested(acc):
                         break
                     continue
                 nonfinite_run = 0
-                stepped = [n for n in optimizers if n in losses_sum]
-                for name in stepped:
-                    opt = prepared_opts[name]
-                    if stage.grad_clip:
-                        acc.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], stage.grad_clip)
-                    opt.step()
-                    schedulers[name].step()
-                for opt in prepared_opts.values():
-                    opt.zero_grad(set_to_none=True)
-                for ema in emas.values():
-                    ema.update()
+                stepped = self._apply(acc, job, losses_sum)
                 step += 1
                 if bar is not None:
                     bar.update(1)
@@ -373,20 +455,21 @@ class Trainer:
                         bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if not k.startswith("log/")},
                                         refresh=False)
                     elapsed = max(time.perf_counter() - t0, 1e-9)
-                    logger.write(step, {**values, "lr": schedulers[stepped[0]].get_last_lr()[0] if stepped else 0.0,
-                                        "steps_per_s": (step - start) / elapsed, "samples_per_s": samples / elapsed,
-                                        "nonfinite_skipped": nonfinite_total})
+                    lr = job.schedulers[stepped[0]].get_last_lr()[0] if stepped else 0.0
+                    logger.write(step, {**values, "lr": lr, "steps_per_s": (step - job.start) / elapsed,
+                                        "samples_per_s": samples / elapsed, "nonfinite_skipped": nonfinite_total})
                 stop = self._stop_requested(acc)
                 if step % stage.checkpoint_every == 0 or step == self.max_steps or stop:
-                    last_ckpt = self._save(acc, step, trained, emas, optimizers, schedulers, nonfinite_total, last_ckpt)
-                if stage.validate_every and step % stage.validate_every == 0 and hasattr(objective, "validate") and is_main:
-                    metrics = objective.validate(ctx, stage_dir / "samples" / f"step-{step:08d}")
+                    last_ckpt = self._save(acc, step, job, nonfinite_total, last_ckpt)
+                if stage.validate_every and step % stage.validate_every == 0 and hasattr(job.objective, "validate") \
+                        and is_main:
+                    metrics = job.objective.validate(job.ctx, stage_dir / "samples" / f"step-{step:08d}")
                     if metrics:
                         logger.write(step, {f"valid/{k}": v for k, v in metrics.items()})
                 if stop:
                     break
             if step >= self.max_steps and (last_ckpt is None or not str(last_ckpt).endswith(f"{step:08d}")):
-                last_ckpt = self._save(acc, step, trained, emas, optimizers, schedulers, nonfinite_total, last_ckpt)
+                last_ckpt = self._save(acc, step, job, nonfinite_total, last_ckpt)
         except torch.OutOfMemoryError:
             raise TtaError(
                 f"out of memory in stage '{stage.name}' with batch_size {stage.batch_size}: lower it, e.g. "
@@ -394,13 +477,65 @@ class Trainer:
                 f"(and raise train.{stage.name}.grad_accum to keep the effective batch)"
             ) from None
         finally:
-            _restore_signal_handlers(previous)
             if bar is not None:
                 bar.close()
             logger.close()
         acc.wait_for_everyone()
-        self.last_components = {n: ctx.unwrap(n) for n in ctx.components}
-        return TrainResult(stage.name, step, last_ckpt, self._stop_signal, nonfinite_total, logger.last)
+        self.last_components = {n: job.ctx.unwrap(n) for n in job.ctx.components}
+        return TrainResult(stage.name, step, last_ckpt, self._stop_signal, nonfinite_total, logger.last, self._wrote)
+
+    def _accumulate(self, acc, job: _Job, step: int) -> tuple[dict, int | None]:
+        """Forward and backward over the step's micro-batches: the summed losses (on the
+        device) and, when a loss was not finite, the index of that micro-batch."""
+        stage, device = self.stage, acc.device
+        losses_sum: dict[str, torch.Tensor] = {}  # on the device: read back only to log
+        for micro in range(stage.grad_accum):
+            batch, empty = next(job.batches), 0
+            while batch is None:  # every file of this micro-batch was bad (logged by the data layer)
+                empty += 1
+                if empty > max(10, 2 * len(job.dataset) // max(1, stage.batch_size)):
+                    raise TtaError(f"stage '{stage.name}': no usable training items (every file read was "
+                                   "bad); run `tta-run RECIPE prepare` for the report")
+                batch = next(job.batches)
+            batch = _to_device(batch, device)
+            seed = _mix(self.seed, step, micro, acc.process_index)
+            torch.manual_seed(seed)
+            gen = torch.Generator(device=device).manual_seed(seed)
+            last = micro == stage.grad_accum - 1
+            sync = contextlib.ExitStack()
+            if not last and acc.num_processes > 1:
+                for module in job.wrapped.values():
+                    sync.enter_context(acc.no_sync(module))
+            with sync:
+                with acc.autocast():
+                    out = job.objective.losses(batch, step, gen)
+                opt_losses = {k: v for k, v in out.items() if not k.startswith("log/")}
+                if _any_rank(acc, not all(torch.isfinite(v.detach()).all() for v in opt_losses.values())):
+                    return losses_sum, micro
+                names = list(opt_losses)
+                for i, name in enumerate(names):
+                    # with several optimizers, each loss reaches only its own
+                    # parameters (a generator loss must not touch the discriminator)
+                    kwargs = {"inputs": job.param_lists[name]} if len(job.optimizers) > 1 else {}
+                    acc.backward(opt_losses[name] / stage.grad_accum, retain_graph=i < len(names) - 1, **kwargs)
+            for key, value in out.items():
+                losses_sum[key] = losses_sum.get(key, 0.0) + value.detach().float() / stage.grad_accum
+        return losses_sum, None
+
+    def _apply(self, acc, job: _Job, losses_sum: dict) -> list[str]:
+        """One optimizer step of every optimizer that got a loss, then EMA; their names."""
+        stepped = [n for n in job.optimizers if n in losses_sum]
+        for name in stepped:
+            opt = job.prepared_opts[name]
+            if self.stage.grad_clip:
+                acc.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.stage.grad_clip)
+            opt.step()
+            job.schedulers[name].step()
+        for opt in job.prepared_opts.values():
+            opt.zero_grad(set_to_none=True)
+        for ema in job.emas.values():
+            ema.update()
+        return stepped
 
     # -- signals ----------------------------------------------------------------------------
     def request_stop(self, signum: int) -> None:
@@ -410,44 +545,111 @@ class Trainer:
         return _any_rank(acc, self._stop_signal is not None) if acc.num_processes > 1 else self._stop_signal is not None
 
     # -- checkpoints ------------------------------------------------------------------------
-    def _save(self, acc, step, trained, emas, optimizers, schedulers, nonfinite, last_good) -> Path:
+    def _resume_point(self) -> tuple[Checkpoint | None, CheckpointContents | None]:
+        """The checkpoint to resume from, read whole. A damaged one is skipped for the one
+        before it, with a warning; it is set aside (never deleted) once the run starts."""
+        damaged: list[tuple[Path, CheckpointDamaged]] = []
+        for path in resume_candidates(self.run.checkpoints(self.stage.name)):
+            try:
+                ckpt = load_checkpoint(path)
+                contents = ckpt.read()
+            except CheckpointDamaged as exc:
+                damaged.append((path, exc))
+                continue
+            for bad, exc in damaged:
+                log.warning("%s\nresuming from the checkpoint before it instead: %s", exc, ckpt.path)
+            self._damaged = [bad for bad, _ in damaged]
+            return ckpt, contents
+        if damaged:
+            raise CheckpointDamaged(f"{damaged[0][1]} There is no earlier readable checkpoint of stage "
+                                    f"'{self.stage.name}' to resume from.")
+        return None, None
+
+    def _no_checkpoint_yet(self) -> str:
+        final = self.run.checkpoints(self.stage.name)
+        if self._ckpt_root != final:
+            return f"none of the new run yet (the previous checkpoints in {final} are kept)"
+        return "none (no checkpoint was written yet)"
+
+    def _save(self, acc, step, job: _Job, nonfinite, last_good) -> Path:
+        final = self.run.checkpoints(self.stage.name)
         path = None
         if acc.is_main_process:
-            weights = {name: module.state_dict() for name, module in trained.items()}
-            for name, ema in emas.items():
+            weights = {name: module.state_dict() for name, module in job.trained.items()}
+            for name, ema in job.emas.items():
                 weights[f"{name}.ema"] = ema.ema_model.state_dict()
             tensors = {
-                "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
-                "schedulers": {n: s.state_dict() for n, s in schedulers.items()},
-                "ema_steps": {n: ema.step for n, ema in emas.items()},
+                "optimizers": {n: o.state_dict() for n, o in job.optimizers.items()},
+                "schedulers": {n: s.state_dict() for n, s in job.schedulers.items()},
+                "ema_steps": {n: ema.step for n, ema in job.emas.items()},
                 "rng": {"torch": torch.get_rng_state()},
             }
             state = {"stage": self.stage.name, "nonfinite_skipped": nonfinite, "seed": self.seed,
                      "micro_batches": step * self.stage.grad_accum, "batch_size": self.stage.batch_size,
                      "world_size": acc.num_processes}
-            root = self.run.checkpoints(self.stage.name)
+            root = self._ckpt_root
             try:
                 path = save_checkpoint(root, step, weights=weights, state=state, tensors=tensors)
             except OSError as exc:
                 raise CheckpointError(
                     f"could not write the checkpoint of step {step} to {root}: {exc.strerror or exc}. "
-                    f"The last good checkpoint is untouched: {last_good or 'none yet'}"
+                    f"The last good checkpoint is untouched: {last_good or self._no_checkpoint_yet()}"
                 ) from exc
-            _prune(root, self.stage.keep_last, self.stage.milestones)
+            if root != final:
+                path = self._replace_old_checkpoints(path)
+            _prune(final, self.stage.keep_last, self.stage.milestones, path)
+            if not self._wrote:  # the recipe of the checkpoints: recorded with the first of this run
+                atomic_write(self.run.stage_dir(self.stage.name) / "recipe.resolved.yaml", dump_yaml(self.recipe.data))
+        self._wrote = True
         acc.wait_for_everyone()
-        return path or self.run.checkpoints(self.stage.name) / f"step-{step:08d}"
+        return path or final / f"step-{step:08d}"
 
-    def _restore_weights(self, ckpt, trained) -> None:
+    def _replace_old_checkpoints(self, first: Path) -> Path:
+        """--fresh: the new run's first checkpoint is complete; it takes the place of the old
+        checkpoints, which are set aside and then deleted."""
+        final, new = self.run.checkpoints(self.stage.name), self._ckpt_root
+        aside = _free_name(final.with_name(f"checkpoints.old-{time.strftime('%Y%m%d-%H%M%S')}"))
+        try:
+            os.replace(final, aside)
+            try:
+                os.replace(new, final)
+            except OSError:
+                os.replace(aside, final)
+                raise
+        except OSError as exc:
+            raise CheckpointError(f"--fresh: could not move the new checkpoints {new} into {final}: "
+                                  f"{exc.strerror or exc}. The previous checkpoints are kept in {final}.") from exc
+        self._ckpt_root = final
+        fsync_dir(final.parent)
+        shutil.rmtree(aside, ignore_errors=True)
+        log.info("--fresh: the new run's first checkpoint replaced the previous ones of stage '%s'", self.stage.name)
+        return final / first.name
+
+    def _keep_old_checkpoints(self) -> None:
+        """--fresh, and the run ends before its first checkpoint: the old ones stay in use."""
+        final, new = self.run.checkpoints(self.stage.name), self._ckpt_root
+        if new == final:
+            return
+        if new.exists() and checkpoint_dirs(new):
+            log.warning("--fresh: the new checkpoints in %s did not replace those in %s; delete the folder, or "
+                        "swap it in by hand to continue that run", new, final)
+            return
+        shutil.rmtree(new, ignore_errors=True)  # at most a partial write: nothing complete
+        log.warning("--fresh: the new run stopped before its first checkpoint; the previous checkpoints of "
+                    "stage '%s' in %s are kept", self.stage.name, final)
+
+    def _restore_weights(self, ckpt: Checkpoint, contents: CheckpointContents, trained) -> None:
         for name, module in trained.items():
-            if not ckpt.has_weights(name):
+            if name not in contents.weights:
                 raise CheckpointError(f"checkpoint {ckpt.path} has no weights for '{name}'; start over with --fresh")
-            load_state(module, ckpt.weights(name), str(ckpt.path), strict=True)
+            load_state(module, contents.weights[name], str(ckpt.path), strict=True)
 
-    def _restore_state(self, ckpt, emas, optimizers, schedulers) -> tuple[int, int]:
+    def _restore_state(self, ckpt: Checkpoint, contents: CheckpointContents, emas, optimizers,
+                       schedulers) -> tuple[int, int]:
         for name, ema in emas.items():
-            if ckpt.has_weights(f"{name}.ema"):
-                load_state(ema.ema_model, ckpt.weights(f"{name}.ema"), str(ckpt.path), strict=True)
-        tensors = ckpt.tensors()
+            if f"{name}.ema" in contents.weights:
+                load_state(ema.ema_model, contents.weights[f"{name}.ema"], str(ckpt.path), strict=True)
+        tensors = contents.tensors
         for name, opt in optimizers.items():
             if name in tensors.get("optimizers", {}):
                 opt.load_state_dict(tensors["optimizers"][name])
@@ -546,15 +748,57 @@ def _check_writable(path: Path) -> None:
                        "Choose another with --run-dir.") from None
 
 
-def _prune(root: Path, keep_last: int, milestones: tuple[int, ...]) -> None:
-    ckpts = list_checkpoints(root)
-    keep = {c.path for c in ckpts[-max(keep_last, 1):]} | {c.path for c in ckpts if c.step in milestones}
-    latest = latest_checkpoint(root)
-    if latest is not None:
-        keep.add(latest.path)
-    for c in ckpts:
-        if c.path not in keep:
-            shutil.rmtree(c.path, ignore_errors=True)
+def _prune(root: Path, keep_last: int, milestones: tuple[int, ...], newest: Path) -> None:
+    """Delete checkpoints beyond the last ``keep_last`` (and the milestones); ``newest``, the
+    one just written, always stays."""
+    ckpts = checkpoint_dirs(root)
+    keep = {p for _, p in ckpts[-max(keep_last, 1):]} | {p for s, p in ckpts if s in milestones} | {newest}
+    for _, path in ckpts:
+        if path not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+_NEW = re.compile(r"^checkpoints\.new-\d{8}-\d{6}(-\d+)?$")
+_OLD = re.compile(r"^checkpoints\.old-\d{8}-\d{6}(-\d+)?$")
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``... when it is taken."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def _finish_cut_swap(stage_dir: Path) -> None:
+    """A --fresh run killed between the two renames that put its first checkpoint in place
+    leaves no ``checkpoints/`` but the old ones set aside: they are put back."""
+    final = stage_dir / "checkpoints"
+    if final.exists() or not stage_dir.is_dir():
+        return
+    old = sorted(p for p in stage_dir.iterdir() if _OLD.match(p.name) and checkpoint_dirs(p))
+    if old:
+        os.replace(old[-1], final)
+        log.warning("put back %s as %s: a --fresh run was stopped before its first checkpoint took their place",
+                    old[-1], final)
+
+
+def _tidy_stage_dir(stage_dir: Path) -> None:
+    """Remove what interrupted runs left: partial checkpoint writes, the folder of a --fresh run
+    that wrote no complete checkpoint, and old checkpoints a --fresh run had already replaced."""
+    final = stage_dir / "checkpoints"
+    clean_temporaries(final)
+    for path in sorted(stage_dir.iterdir()):
+        if _NEW.match(path.name) and path.is_dir():
+            if checkpoint_dirs(path):
+                log.warning("%s holds checkpoints of a --fresh run that did not replace those in %s; it is not "
+                            "used: delete it, or swap it in by hand to continue that run", path, final)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+        elif _OLD.match(path.name) and path.is_dir() and checkpoint_dirs(final):
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed %s: checkpoints that a --fresh run had replaced", path)
 
 
 class _Logs:
@@ -591,20 +835,30 @@ class _Logs:
 
 
 def _install_signal_handlers(trainer: Trainer):
-    """SIGINT/SIGTERM: finish the step, write a checkpoint, exit 130/143. A second SIGINT
-    interrupts at once."""
+    """SIGINT/SIGTERM: during start-up stop at once (nothing has changed yet); in the loop
+    finish the step, write a checkpoint, exit 130/143. A second SIGINT interrupts at once."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def handler(signum, frame):
+        if not trainer._graceful:
+            raise _Interrupted(signum)
         if trainer._stop_signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         trainer.request_stop(signum)
         log.warning("signal %d: stopping after this step and writing a checkpoint", signum)
 
     return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _leave_signals_to_the_trainer(worker_id: int) -> None:
+    """In a data-loading worker: SIGINT/SIGTERM sent to the whole process group (Ctrl-C, a
+    cluster's scheduler) are for the trainer, which finishes its step with the workers still
+    there and then ends them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _restore_signal_handlers(previous) -> None:

@@ -8,7 +8,9 @@ Each reader's keyword signature is what a recipe's ``data:`` node is validated a
 Paths given in the recipe are relative to the working directory; paths inside a metadata
 file are relative to that file (``docs/data.md`` shows each layout). Bad rows are counted and
 skipped by :class:`tta_core.data.items.Collector`, never raised; only a metadata file that
-cannot be read at all is an error.
+cannot be read at all is an error: a missing one is a DataError (exit 1), a folder given
+where a file belongs (or a file where a folder belongs) a UsageError (exit 2) that says what
+is expected and names the likely file inside the folder.
 """
 
 from __future__ import annotations
@@ -18,14 +20,40 @@ import json
 from collections import OrderedDict
 from pathlib import Path
 
-from tta_core.plugin import Collector, DataError, ItemSet, resolve_path
+from tta_core.plugin import Collector, DataError, ItemSet, UsageError, resolve_path
 
 AUDIO_EXTENSIONS = ("wav", "flac", "ogg", "mp3", "aiff", "aif")
 
 
-def _open_json(path: Path, what: str):
-    if not path.is_file():
-        raise DataError(f"{what} not found: {path}")
+def _need_file(path: Path, what: str, expected: str, patterns: tuple[str, ...]) -> None:
+    """Fail unless ``path`` is a file. A folder is a recipe mistake (UsageError, exit 2) that
+    says what is expected and names the candidates inside it (``patterns``); a missing path
+    keeps DataError."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        found = sorted({p for pattern in patterns for p in path.glob(pattern) if p.is_file()})
+        if len(found) == 1:
+            hint = f" Did you mean {found[0]}?"
+        elif found:
+            hint = f" It holds {', '.join(str(p) for p in found[:5])}{' ...' if len(found) > 5 else ''}: name one."
+        else:
+            hint = ""
+        raise UsageError(f"{what} {path} is a folder; expected {expected}.{hint}")
+    raise DataError(f"{what} not found: {path}")
+
+
+def _need_dir(path: Path, what: str) -> None:
+    """Fail unless ``path`` is a folder; a file there is a recipe mistake (UsageError)."""
+    if path.is_dir():
+        return
+    if path.exists():
+        raise UsageError(f"{what} {path} is a file; expected a folder (its parent is {path.parent})")
+    raise DataError(f"{what} not found: {path}")
+
+
+def _open_json(path: Path, what: str, patterns: tuple[str, ...] = ("*.json",)):
+    _need_file(path, what, "a JSON file", patterns)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -42,8 +70,7 @@ def jsonl(manifest: str) -> ItemSet:
     epoch); ``id`` defaults to the audio file's stem; other fields are kept in ``item.meta``.
     """
     path = Path(manifest)
-    if not path.is_file():
-        raise DataError(f"manifest not found: {path}")
+    _need_file(path, "manifest", "a JSON-lines file (one JSON object per line)", ("manifest.jsonl", "*.jsonl"))
     out = Collector(f"jsonl {path}")
     with open(path, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
@@ -104,7 +131,7 @@ def audioldm(dataset_root: str, split: str = "train", datasets: list[str] | None
     its repository root, so point base_dir there). ``datasets`` picks some (default: all).
     """
     path = Path(dataset_root)
-    root = _open_json(path, "AudioLDM dataset_root.json")
+    root = _open_json(path, "AudioLDM dataset_root.json", ("dataset_root.json", "*.json"))
     base = Path(base_dir) if base_dir else path.parent
     table = (root.get("metadata") or {}).get("path") if isinstance(root, dict) else None
     if not isinstance(table, dict):
@@ -142,11 +169,9 @@ def folder(path: str, text_dir: str | None = None, extensions: list[str] = list(
     (``audio/birds/x.wav`` + ``text_descriptions/birds/x.txt``). One caption per non-blank line.
     The id is the file's path under ``path`` without its extension."""
     root = Path(path)
-    if not root.is_dir():
-        raise DataError(f"audio folder not found: {root}")
+    _need_dir(root, "audio folder")
     texts = Path(text_dir) if text_dir else root
-    if not texts.is_dir():
-        raise DataError(f"caption folder not found: {texts}")
+    _need_dir(texts, "caption folder")
     suffixes = {"." + e.lower().lstrip(".") for e in extensions}
     out = Collector(f"folder {root}")
     for audio in sorted(p for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file()):
@@ -164,8 +189,7 @@ def clotho(csv_file: str, audio_dir: str | None = None) -> ItemSet:
     """Clotho: ``clotho_captions_<split>.csv`` with columns ``file_name, caption_1 .. caption_5``,
     the audio in ``<split>/`` beside it (or ``audio_dir``). The id is the file name."""
     path = Path(csv_file)
-    if not path.is_file():
-        raise DataError(f"Clotho captions CSV not found: {path}")
+    _need_file(path, "Clotho captions CSV", "a CSV file", ("clotho_captions_*.csv", "*.csv"))
     if audio_dir is None:
         split = path.stem.removeprefix("clotho_captions_")
         audio_root = path.parent / split
@@ -173,6 +197,7 @@ def clotho(csv_file: str, audio_dir: str | None = None) -> ItemSet:
             raise DataError(f"Clotho audio folder not found at {audio_root}; name it with audio_dir:")
     else:
         audio_root = Path(audio_dir)
+        _need_dir(audio_root, "Clotho audio folder")
     out = Collector(f"clotho {path}")
     with open(path, encoding="utf-8", errors="replace", newline="") as f:
         reader = csv.DictReader(f)

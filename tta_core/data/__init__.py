@@ -4,7 +4,8 @@
     items.py     Item, ItemSet and the Collector readers use; bad-row rules (no torch)
     audio.py     load_clip: decode, check, mix, resample, normalise; crop/pad; bad-file rules
     mel.py       LogMel: AudioLDM / HiFi-GAN log-mel, batched, any device
-    cache.py     FeatureCache: sharded safetensors keyed by settings and file fingerprint
+    cache.py     FeatureCache: sharded safetensors keyed by settings and file fingerprint,
+                 each shard checked against its recorded length and hash before use
     dataset.py   AudioTextDataset, collate, make_loader
     prepare.py   what `tta-run RECIPE prepare` does
 

@@ -17,7 +17,10 @@ computed here, in the worker. A trainer that prefers one batched mel on its devi
 ``mel=False, wave=True`` and applies :class:`~tta_core.data.mel.LogMel` to ``batch["wave"]``.
 
 A file that turns out bad while training (no ``prepare`` ran) gives None, which
-:func:`collate` drops (logged on ``tta.data``); with ``on_bad_item: fail`` it raises DataError.
+:func:`collate` drops; with ``on_bad_item: fail`` it raises DataError. Each bad file is logged
+on ``tta.data`` once per dataset, not once per epoch: the dataset remembers it in a flag array
+that its DataLoader workers share, and later draws of it return None without decoding it
+again. :attr:`AudioTextDataset.bad_count` is how many were met, for a run's summary.
 """
 
 from __future__ import annotations
@@ -49,6 +52,14 @@ class AudioTextDataset(torch.utils.data.Dataset):
         self.audio, self.train, self.seed = audio, train, seed
         self.cache, self.mel, self.wave = cache, mel, wave
         self.epoch = 0
+        # one byte per item in shared memory, so the workers (fork or spawn) mark bad files
+        # for each other and for the main process
+        self._bad = torch.zeros(len(self.items), dtype=torch.uint8).share_memory_()
+
+    @property
+    def bad_count(self) -> int:
+        """How many distinct bad files this dataset has met so far (each logged once)."""
+        return int(self._bad.sum())
 
     def set_epoch(self, epoch: int) -> None:
         """Captions and crops are drawn anew per epoch (workers re-read this each epoch)."""
@@ -59,6 +70,8 @@ class AudioTextDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict | None:
         item = self.items[index]
+        if self._bad[index] and self.audio.on_bad_item != "fail":
+            return None
         rng = np.random.default_rng([self.seed, self.epoch, index])
         caption = item.captions[int(rng.integers(len(item.captions)))]
         crop_rng = rng if self.train else None
@@ -81,7 +94,10 @@ class AudioTextDataset(torch.utils.data.Dataset):
         except BadAudio as exc:
             if self.audio.on_bad_item == "fail":
                 raise DataError(f"bad item {item.id!r}: {exc} (audio.on_bad_item is 'fail')") from None
-            log.warning("skipped %s: %s", item.audio, exc.reason)
+            if not self._bad[index]:  # two workers meeting it at once may both log it; no more
+                self._bad[index] = 1
+                log.warning("skipped %s: %s%s (bad files so far: %d; each is logged once)", item.audio, exc.reason,
+                            f" ({exc.detail})" if exc.detail else "", self.bad_count)
             return None
         offset = pick_offset(clip.wave.shape[-1], self.audio, crop_rng)
         if self.wave:

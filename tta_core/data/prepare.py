@@ -2,8 +2,10 @@
 
 Each file is decoded once (in DataLoader workers) and judged by the rules of
 :mod:`tta_core.data.audio`; files already in the cache under their current fingerprint are
-not decoded again. The report gives, per split: rows, usable items, skips by reason and
-the fixes applied (mixed to mono, resampled, padded, cropped). It fails (DataError, exit 1)
+not decoded again; shards of the cache found damaged (:meth:`FeatureCache.drop_damaged`) are
+removed and their items computed again, reported as "rebuilt (damaged)". A progress line
+(or bar, on a terminal) follows the decoding. The report gives, per split: rows, usable
+items, skips by reason and the fixes applied (mixed to mono, resampled, padded, cropped). It fails (DataError, exit 1)
 only when a split has no usable item left, or when bad items exist and either
 ``audio.on_bad_item`` is ``fail`` or ``--strict`` was given.
 """
@@ -17,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..checkpoint import atomic_write
 from ..errors import DataError, UsageError
+from ..progress import Progress
 from .audio import BadAudio, load_clip, mono
 from .cache import FeatureCache, fingerprint, mel_cache
 from .config import AudioConfig
@@ -37,6 +41,7 @@ class SplitReport:
     fixed: Counter = field(default_factory=Counter)
     reused: int = 0
     computed: int = 0
+    rebuilt: int = 0
 
     def lines(self) -> list[str]:
         out = [f"{self.name} ({self.source}): {self.rows} rows, {self.kept} usable, "
@@ -48,14 +53,16 @@ class SplitReport:
                 out.append(f"    {reason}: {', '.join(places[:3])}{more}")
         if self.fixed:
             out.append("  fixed: " + ", ".join(f"{r} {n}" for r, n in sorted(self.fixed.items())))
-        if self.reused or self.computed:
-            out.append(f"  mel cache: {self.computed} computed, {self.reused} reused")
+        if self.reused or self.computed or self.rebuilt:
+            out.append(f"  mel cache: {self.computed} computed, {self.reused} reused"
+                       + (f", {self.rebuilt} rebuilt (damaged)" if self.rebuilt else ""))
         return out
 
     def to_dict(self) -> dict:
         return {"name": self.name, "source": self.source, "rows": self.rows, "kept": self.kept,
                 "skipped": dict(self.skipped), "skipped_where": self.skipped_where,
-                "fixed": dict(self.fixed), "mel_computed": self.computed, "mel_reused": self.reused}
+                "fixed": dict(self.fixed), "mel_computed": self.computed, "mel_reused": self.reused,
+                "mel_rebuilt": self.rebuilt}
 
 
 class _Probe:
@@ -86,8 +93,10 @@ def _identity(x):
 
 
 def check_split(name: str, items: ItemSet, audio: AudioConfig, cache: FeatureCache | None,
-                workers: int = 0) -> tuple[SplitReport, list[Item]]:
-    """Judge every item of one split; fill ``cache``. Returns the report and the usable items."""
+                workers: int = 0, rebuild: frozenset[str] = frozenset(),
+                progress_every: float | None = None) -> tuple[SplitReport, list[Item]]:
+    """Judge every item of one split; fill ``cache``. Returns the report and the usable items.
+    ``rebuild``: keys whose entries were dropped as damaged (counted as rebuilt, not computed)."""
     report = SplitReport(name, items.source, items.rows, skipped=Counter(items.skipped),
                          skipped_where={k: list(v) for k, v in items.skipped_where.items()})
     keys: dict[int, str] = {}
@@ -109,12 +118,14 @@ def check_split(name: str, items: ItemSet, audio: AudioConfig, cache: FeatureCac
         probe = _Probe([items[i] for i in todo], audio, with_mel=cache is not None)
         loader = torch.utils.data.DataLoader(probe, batch_size=None, num_workers=workers, collate_fn=_identity,
                                              timeout=300 if workers else 0)
-        for out in loader:
-            i = todo[out["i"]]
-            out["i"] = i
-            results[i] = out
-            if cache is not None and "mel" in out:
-                cache.put(keys[i], out.pop("mel"), samples=out["samples"], fixes=out["fixes"])
+        with Progress(len(todo), f"prepare {name}", "files", every=progress_every) as bar:
+            for out in loader:
+                i = todo[out["i"]]
+                out["i"] = i
+                results[i] = out
+                if cache is not None and "mel" in out:
+                    cache.put(keys[i], out.pop("mel"), samples=out["samples"], fixes=out["fixes"])
+                bar.update()
         if cache is not None:
             cache.flush()
     usable = []
@@ -134,39 +145,63 @@ def check_split(name: str, items: ItemSet, audio: AudioConfig, cache: FeatureCac
             report.fixed["cropped"] += 1
         if out.get("reused"):
             report.reused += 1
+        elif cache is not None and keys[i] in rebuild:
+            report.rebuilt += 1
         elif cache is not None:
             report.computed += 1
     report.kept = len(usable)
     return report, usable
 
 
-def build_splits(recipe, registry, audio: AudioConfig) -> dict[str, ItemSet]:
-    """The recipe's ``data:`` splits, each built by its reader."""
+def read_split(name: str, node, registry, **injected) -> ItemSet:
+    """The ItemSet of ``data.<name>`` from its reader; a reader's plain error is prefixed with
+    the split it came from (``data.train: manifest ... is a folder``)."""
     from ..recipe import build
 
+    try:
+        items = build(node, "dataset", registry, **injected)
+    except (UsageError, DataError) as exc:
+        if type(exc) not in (UsageError, DataError) or str(exc).startswith("data."):
+            raise
+        raise type(exc)(f"data.{name}: {exc}") from None
+    if not isinstance(items, ItemSet):
+        raise DataError(f"data.{name}: dataset '{node['type']}' returned {type(items).__name__}, "
+                        "not an ItemSet (build it with tta_core.data.items.Collector)")
+    return items
+
+
+def build_splits(recipe, registry, audio: AudioConfig) -> dict[str, ItemSet]:
+    """The recipe's ``data:`` splits, each built by its reader."""
     data = recipe.get("data")
     if not data:
         raise UsageError(f"recipe '{recipe.name}' has no data: section; add one, e.g.\n"
                          "data:\n  train: {type: jsonl, manifest: data/synth/manifest.jsonl}")
     splits = {}
     for name, node in data.items():
-        splits[name] = build(node, "dataset", registry, audio=audio)
-        if not isinstance(splits[name], ItemSet):
-            raise DataError(f"data.{name}: dataset '{node['type']}' returned {type(splits[name]).__name__}, "
-                            "not an ItemSet (build it with tta_core.data.items.Collector)")
+        splits[name] = read_split(name, node, registry, audio=audio)
     return splits
 
 
+def _repair(store: FeatureCache, echo: Callable[[str], None]) -> frozenset[str]:
+    """Drop the damaged shards of ``store`` (whole-file hash included); the keys they held."""
+    damages = store.drop_damaged(deep=True)
+    for d in damages:
+        what = f"its {len(d.keys)} entries are computed again" if d.keys else "the cache is built again"
+        echo(f"mel cache: {d}; {what}")
+    return frozenset().union(*(d.keys for d in damages))
+
+
 def prepare(recipe, registry, run_dir: Path, *, workers: int = 0, strict: bool = False, cache: bool = True,
-            echo: Callable[[str], None] = print) -> list[SplitReport]:
-    """Check every split of ``recipe`` and build the mel cache under ``run_dir/cache``."""
+            echo: Callable[[str], None] = print, progress_every: float | None = None) -> list[SplitReport]:
+    """Check every split of ``recipe`` and build (or repair) the mel cache under ``run_dir/cache``."""
     audio = AudioConfig.from_mapping(recipe.get("audio"))
     splits = build_splits(recipe, registry, audio)
     root = Path(run_dir) / "cache"
     store = mel_cache(root, audio) if cache else None
+    rebuild = _repair(store, echo) if store is not None else frozenset()
     reports = []
     for name, items in splits.items():
-        report, _ = check_split(name, items, audio, store, workers)
+        report, _ = check_split(name, items, audio, store, workers, rebuild, progress_every)
         reports.append(report)
         for line in report.lines():
             echo(line)
@@ -175,8 +210,8 @@ def prepare(recipe, registry, run_dir: Path, *, workers: int = 0, strict: bool =
         unused = store.unused(live)
         echo(f"mel cache: {store.dir} ({len(store)} entries" + (f", {unused} unused" if unused else "") + ")")
     root.mkdir(parents=True, exist_ok=True)
-    (root / "report.json").write_text(json.dumps({"audio": audio.to_dict(), "splits": [r.to_dict() for r in reports]},
-                                                 indent=2))
+    atomic_write(root / "report.json", json.dumps({"audio": audio.to_dict(), "splits": [r.to_dict() for r in reports]},
+                                                  indent=2))
     empty = [r.name for r in reports if r.kept == 0]
     if empty:
         raise DataError(f"nothing usable in {', '.join(empty)}: every item was skipped (see the report above)")

@@ -64,10 +64,12 @@ def _score(names: Sequence[str], mel: torch.Tensor, mel_hat: torch.Tensor | None
 
 
 def reconstruction(pipe: Any, items: Sequence[Any], names: Sequence[str], *, batch_size: int = 8,
-                   decode_steps: int | None = None, max_missing: float = 0.05) -> dict:
-    """Mean of each metric over ``items`` (dataset items) through ``pipe`` (a loaded Pipeline)."""
+                   decode_steps: int | None = None, max_missing: float = 0.05, progress: bool = True) -> dict:
+    """Mean of each metric over ``items`` (dataset items) through ``pipe`` (a loaded Pipeline).
+    ``progress``: report loading and the round trip (a bar on a terminal, lines elsewhere)."""
     from ..data.audio import BadAudio, fit, load_clip, with_channels
     from ..data.mel import log_mel
+    from ..progress import Progress
 
     unknown = [n for n in names if n not in MEL_METRICS + WAVE_METRICS]
     if unknown:
@@ -76,11 +78,13 @@ def reconstruction(pipe: Any, items: Sequence[Any], names: Sequence[str], *, bat
     audio, ae = pipe.audio, pipe.autoencoder
     mono_audio = audio if audio.channels == 1 else dataclasses.replace(audio, channels=1)
     waves, problems = [], []
-    for item in items:
-        try:
-            waves.append(fit(load_clip(item.audio, audio).wave, audio))
-        except BadAudio as exc:
-            problems.append(f"{item.audio}: {exc}")
+    with Progress(len(items), "reconstruction: load", "clips", disable=not progress) as bar:
+        for item in items:
+            try:
+                waves.append(fit(load_clip(item.audio, audio).wave, audio))
+            except BadAudio as exc:
+                problems.append(f"{item.audio}: {exc}")
+            bar.update()
     if len(problems) > max_missing * max(1, len(items)):
         raise TtaError(f"{len(problems)} of {len(items)} clips cannot be read (more than {max_missing:.0%}):\n  "
                        + "\n  ".join(problems[:20]))
@@ -92,7 +96,9 @@ def reconstruction(pipe: Any, items: Sequence[Any], names: Sequence[str], *, bat
     sampling: dict[str, Any] = {"steps": int(decode_steps)} if decode_steps else {}
     if ae.domain == "waveform" and "generator" in inspect.signature(ae.decode).parameters:
         sampling["generator"] = torch.Generator(device="cpu").manual_seed(0)  # the same noise every run
-    with torch.no_grad():
+    steps = "encode, decode" + (", vocode" if getattr(pipe, "vocoder", None) is not None else "")
+    bar = Progress(len(waves), f"reconstruction: {steps}", "clips", disable=not progress)
+    with torch.no_grad(), bar:
         for i in range(0, len(waves), batch_size):
             wave = torch.stack(waves[i:i + batch_size]).to(device)
             if audio.channels > 1:  # the metrics read the mono mix
@@ -114,6 +120,7 @@ def reconstruction(pipe: Any, items: Sequence[Any], names: Sequence[str], *, bat
                 mel_hat = log_mel(wave_hat.float(), mono_audio)
             for k, v in _score(names, mel, mel_hat, flat, wave_hat, mono_audio).items():
                 per.setdefault(k, []).append(v.cpu())
+            bar.update(wave.shape[0])
     result = {"metrics": {k: float(torch.cat(v).mean()) for k, v in per.items()},
               "counts": {"expected": len(items), "used": len(waves)}, "not_used": problems,
               "domain": ae.domain}

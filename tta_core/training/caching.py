@@ -29,10 +29,11 @@ import numpy as np
 import torch
 
 from ..data.audio import BadAudio, load_clip, max_offset_frames, mono, pad_to
-from ..data.cache import FeatureCache, digest, fingerprint, latent_cache, mel_cache, text_cache, text_key
+from ..data.cache import FeatureCache, digest, fingerprint, latent_cache, text_cache, text_key
 from ..data.items import Item
 from ..data.mel import clip_mel
 from ..interfaces import Conditioning
+from ..progress import Progress
 
 log = logging.getLogger("tta.train")
 
@@ -79,8 +80,10 @@ def _autoencoder_input(item: Item, audio: Any, domain: str, mels: FeatureCache |
 
 @torch.no_grad()
 def fill_latent_cache(cache: FeatureCache, autoencoder: Any, items: Sequence[Item], audio: Any, *,
-                      device: Any, mels: FeatureCache | None = None, batch_size: int = 16) -> dict[str, int]:
-    """Encode every item not yet in ``cache``; returns counts (encoded, reused, bad)."""
+                      device: Any, mels: FeatureCache | None = None, batch_size: int = 16,
+                      progress: bool = True) -> dict[str, int]:
+    """Encode every item not yet in ``cache``; returns counts (encoded, reused, bad).
+    ``progress``: report the encoding (a bar on a terminal, periodic lines elsewhere)."""
     domain = getattr(autoencoder, "domain", "mel")
     moments = hasattr(autoencoder, "encode_moments")
     todo: dict[tuple, list[tuple[str, torch.Tensor, int]]] = {}
@@ -98,6 +101,7 @@ def fill_latent_cache(cache: FeatureCache, autoencoder: Any, items: Sequence[Ite
             cache.put(key, mean[i].float().cpu().numpy(), samples=samples)
         counts["encoded"] += len(group)
 
+    keyed = []
     for item in items:
         try:
             key = fingerprint(item.audio)
@@ -106,20 +110,24 @@ def fill_latent_cache(cache: FeatureCache, autoencoder: Any, items: Sequence[Ite
             continue
         if key in cache:
             counts["reused"] += 1
-            continue
-        try:
-            x = _autoencoder_input(item, audio, domain, mels, key)
-        except BadAudio as exc:
-            log.warning("latent cache: skipped %s: %s", item.audio, exc.reason)
-            counts["bad"] += 1
-            continue
-        samples = x.shape[-1] if domain != "mel" else x.shape[-2] * audio.mel.hop
-        group = todo.setdefault(tuple(x.shape), [])
-        group.append((key, x, samples))
-        if len(group) >= batch_size:
-            run(todo.pop(tuple(x.shape)))
-    for group in todo.values():
-        run(group)
+        else:
+            keyed.append((item, key))
+    with Progress(len(keyed), "latent cache", "clips", disable=not progress or not keyed) as bar:
+        for item, key in keyed:
+            bar.update()
+            try:
+                x = _autoencoder_input(item, audio, domain, mels, key)
+            except BadAudio as exc:
+                log.warning("latent cache: skipped %s: %s", item.audio, exc.reason)
+                counts["bad"] += 1
+                continue
+            samples = x.shape[-1] if domain != "mel" else x.shape[-2] * audio.mel.hop
+            group = todo.setdefault(tuple(x.shape), [])
+            group.append((key, x, samples))
+            if len(group) >= batch_size:
+                run(todo.pop(tuple(x.shape)))
+        for group in todo.values():
+            run(group)
     cache.flush()
     return counts
 
@@ -148,7 +156,7 @@ def _store_text(cache: FeatureCache, key: str, cond: Conditioning, i: int) -> No
 
 @torch.no_grad()
 def fill_text_cache(cache: FeatureCache, conditioner: Any, captions: Iterable[str], *,
-                    batch_size: int = 64) -> dict[str, int]:
+                    batch_size: int = 64, progress: bool = True) -> dict[str, int]:
     """Encode every caption not yet in ``cache``; returns counts (encoded, reused)."""
     todo, reused, seen = [], 0, set()
     for text in captions:
@@ -160,11 +168,13 @@ def fill_text_cache(cache: FeatureCache, conditioner: Any, captions: Iterable[st
             reused += 1
         else:
             todo.append(text)
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
-        cond = conditioner.encode_text(chunk)
-        for i, text in enumerate(chunk):
-            _store_text(cache, text_key(text), cond, i)
+    with Progress(len(todo), "text cache", "captions", disable=not progress or not todo) as bar:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            cond = conditioner.encode_text(chunk)
+            for i, text in enumerate(chunk):
+                _store_text(cache, text_key(text), cond, i)
+            bar.update(len(chunk))
     cache.flush()
     return {"encoded": len(todo), "reused": reused}
 
@@ -247,10 +257,21 @@ class CachedLatentDataset(torch.utils.data.Dataset):
         return out
 
 
+def _repaired(cache: FeatureCache) -> FeatureCache:
+    """``cache`` without its damaged shards (logged by name), so their entries are encoded again."""
+    for d in cache.drop_damaged():
+        log.warning("%s cache: %s; encoding its %d entries again", cache.feature, d, len(d.keys))
+    return cache
+
+
 def build_caches(ctx: Any, autoencoder: Any, conditioner: Any | None, items: Sequence[Item]) -> dict:
     """Fill (main process) and open (every process) the latent cache and, when
     ``conditioner`` is given, the text cache. Returns {"latents", "texts", "stride"}; latents
-    is None when the autoencoder's latent grid does not tile the training window."""
+    is None when the autoencoder's latent grid does not tile the training window. Damaged
+    shards of these caches are rebuilt; a damaged mel cache stops the stage (it is
+    ``prepare``'s to rebuild)."""
+    from .datasets import prepared_mel_cache
+
     stride = latent_stride(autoencoder, ctx.audio)
     root = ctx.run_dir / "cache"
     recipe_nodes = ctx.recipe.components
@@ -264,15 +285,18 @@ def build_caches(ctx: Any, autoencoder: Any, conditioner: Any | None, items: Seq
         name = ctx.roles["conditioner"]
         texts = text_cache(root, component_digest(recipe_nodes[name], conditioner))
     if ctx.rank == 0:
-        mels = mel_cache(root, ctx.cache_audio) if getattr(autoencoder, "domain", "mel") == "mel" else None
+        show = getattr(ctx, "progress", True)
+        mels = prepared_mel_cache(ctx) if getattr(autoencoder, "domain", "mel") == "mel" else None
         if latents is not None:
             t0 = time.perf_counter()
-            counts = fill_latent_cache(latents, autoencoder, items, ctx.audio, device=ctx.device, mels=mels)
+            counts = fill_latent_cache(_repaired(latents), autoencoder, items, ctx.audio, device=ctx.device,
+                                       mels=mels, progress=show)
             log.info("latent cache %s: %d encoded, %d reused, %d bad (%.1f s)", latents.dir.name, counts["encoded"],
                      counts["reused"], counts["bad"], time.perf_counter() - t0)
         if texts is not None:
             t0 = time.perf_counter()
-            counts = fill_text_cache(texts, conditioner, (c for item in items for c in item.captions))
+            counts = fill_text_cache(_repaired(texts), conditioner, (c for item in items for c in item.captions),
+                                     progress=show)
             log.info("text cache %s: %d encoded, %d reused (%.1f s)", texts.dir.name, counts["encoded"],
                      counts["reused"], time.perf_counter() - t0)
     ctx.barrier()

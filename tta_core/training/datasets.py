@@ -2,33 +2,56 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..recipe import build
 
 
 def items_for(ctx: Any, split: str = "train"):
-    """The ItemSet of ``data.<split>``, read by its registered dataset reader."""
+    """The ItemSet of ``data.<split>``, read by its registered dataset reader. Read once per
+    stage (the training set and the validation prompts share it), so the reader reports a
+    bad row once."""
+    memo = ctx.__dict__.setdefault("_items_by_split", {})
+    if split in memo:
+        return memo[split]
     data = ctx.recipe.get("data") or {}
     node = data.get(split)
     if node is None:
         raise UsageError(f"stage '{ctx.stage.name}' needs data.{split} in the recipe "
                          f"(e.g. {split}: {{type: jsonl, manifest: data/sounds/manifest.jsonl}})")
-    items = build(node, "dataset", ctx.registry)
+    from ..data.prepare import read_split
+
+    items = read_split(split, node, ctx.registry)
     if len(items) == 0:
         raise UsageError(f"data.{split} has no usable items; run `tta-run {ctx.recipe.path} prepare` for the report")
+    memo[split] = items
     return items
+
+
+def prepared_mel_cache(ctx: Any):
+    """The mel cache ``tta-run RECIPE prepare`` filled for this run (None when it never ran),
+    checked: a damaged shard stops the stage (DamagedCache, exit 1) with the file named and
+    the command that rebuilds it, before any worker reads it."""
+    from ..data.cache import mel_cache
+
+    cache_root = ctx.run_dir / "cache"
+    if not cache_root.exists():
+        return None
+    cache = mel_cache(cache_root, ctx.cache_audio or ctx.audio)
+    recipe = getattr(ctx.recipe, "path", None)
+    default = Path("runs") / ctx.recipe.name
+    run_dir = None if Path(ctx.run_dir).resolve() == default.resolve() else ctx.run_dir
+    cache.require_intact(recipe, run_dir)
+    return cache
 
 
 def training_dataset(ctx: Any, *, mel: bool = True, wave: bool = False, split: str = "train", train: bool = True):
     """AudioTextDataset over ``data.<split>``, reading mels from the run's cache when
     ``tta-run RECIPE prepare`` filled it (cached and fresh mels are identical). The cache holds
     whole clips under the recipe's audio settings; examples are cropped to the stage's length."""
-    from ..data.cache import mel_cache
     from ..data.dataset import AudioTextDataset
 
-    cache_root = ctx.run_dir / "cache"
-    cache = mel_cache(cache_root, ctx.cache_audio) if mel and cache_root.exists() else None
+    cache = prepared_mel_cache(ctx) if mel else None
     return AudioTextDataset(items_for(ctx, split), ctx.audio, train=train, seed=ctx.stage.seed, cache=cache,
                             mel=mel, wave=wave)

@@ -333,3 +333,14 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_that_it_is_emulated(monkeypatch
     assert "emulated" in caplog.text
     with pytest.raises(UsageError, match="auto, fp32, bf16, fp16"):
         precision.resolve_precision("half", "cpu")
+
+
+def test_training_off_a_terminal_reports_progress_as_plain_lines(toy, tmp_path, capsys):
+    assert main([str(toy), "train", "--run-dir", str(tmp_path / "run"), "--max-steps", "3"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train fit")]
+    assert lines[0] == "train fit: 0/3 steps (0%)"
+    assert lines[-1].startswith("train fit: 3/3 steps (100%)") and "done in" in lines[-1] and "main " in lines[-1]
+    assert not any("\r" in line for line in lines)
+    capsys.readouterr()
+    assert main([str(toy), "train", "--run-dir", str(tmp_path / "quiet"), "--max-steps", "3", "--no-progress"]) == 0
+    assert "train fit" not in capsys.readouterr().err

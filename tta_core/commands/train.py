@@ -30,7 +30,8 @@ def _args(p: argparse.ArgumentParser) -> None:
                    help="start trained components from these weights (run dir, checkpoint folder or .safetensors)")
     p.add_argument("--allow-partial", action="store_true",
                    help="with --init-from: load the weights that fit and list the missing/unexpected keys")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress report (a bar on a terminal, else a line every 10 s with the rate and time left)")
 
 
 @verb("train", "train the recipe's stages in order, resuming from the run dir", _args)
@@ -65,7 +66,7 @@ def _train(args: argparse.Namespace) -> int:
         trainer = Trainer(recipe, registry, stage, run_dir, stage_order=names, device=args.device,
                           precision=args.precision, max_steps=args.max_steps, seed=args.seed, fresh=args.fresh,
                           init_from=args.init_from, allow_partial=args.allow_partial,
-                          progress=not args.no_progress and sys.stderr.isatty())
+                          progress=not args.no_progress)
         started = time.perf_counter()
         result = trainer.run_stage()
         if result.signal and result.checkpoint is None:

@@ -285,7 +285,7 @@ def build_caches(ctx: Any, autoencoder: Any, conditioner: Any | None, items: Seq
         name = ctx.roles["conditioner"]
         texts = text_cache(root, component_digest(recipe_nodes[name], conditioner))
     if ctx.rank == 0:
-        show = getattr(ctx, "progress", True)
+        show = ctx.progress
         mels = prepared_mel_cache(ctx) if getattr(autoencoder, "domain", "mel") == "mel" else None
         if latents is not None:
             t0 = time.perf_counter()

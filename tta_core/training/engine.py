@@ -173,7 +173,7 @@ class Trainer:
         components, kinds = {}, {}
         for name, node in self.recipe.components.items():
             kinds[name] = component_kind(self.recipe, name, self.registry)
-            components[name] = build(node, kinds[name], self.registry, audio=self.audio)
+            components[name] = build(node, kinds[name], self.registry, where=f"components.{name}", audio=self.audio)
         from ..sampling import resolve_roles
 
         roles = resolve_roles(self.recipe, self.registry, strict=False)
@@ -343,7 +343,8 @@ class Trainer:
         ctx = StageContext(recipe=self.recipe, stage=stage, components={**components, **extra}, roles=roles,
                            trains=stage.trains, audio=stage.audio_for(self.audio), device=device, run_dir=self.run.root,
                            registry=self.registry, world_size=acc.num_processes, rank=acc.process_index,
-                           barrier=acc.wait_for_everyone, cache_audio=self.audio)
+                           barrier=acc.wait_for_everyone, cache_audio=self.audio,
+                           progress=self.progress and acc.is_main_process)
         wrapped = {}
         for name, module in trained.items():
             wrapped[name] = acc.prepare_model(module) if acc.num_processes > 1 else module
@@ -410,10 +411,9 @@ class Trainer:
         logger = _Logs(stage_dir / "logs", enabled=is_main)
         bar = None
         if self.progress and is_main and job.start < self.max_steps:
-            from tqdm.auto import tqdm
+            from ..progress import Progress  # a bar on a terminal, a plain line every few seconds in a log
 
-            bar = tqdm(total=self.max_steps, initial=job.start, desc=f"train {stage.name}", unit="step",
-                       dynamic_ncols=True)
+            bar = Progress(self.max_steps, f"train {stage.name}", "steps", initial=job.start)
 
         last_ckpt = job.resume.path if job.resume else None
         nonfinite_total, nonfinite_run = job.nonfinite_total, 0
@@ -452,8 +452,7 @@ class Trainer:
                 if step % stage.log_every == 0 or step == self.max_steps:
                     values = {k: float(v) for k, v in losses_sum.items()}
                     if bar is not None:
-                        bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if not k.startswith("log/")},
-                                        refresh=False)
+                        bar.set_postfix(", ".join(f"{k} {v:.4g}" for k, v in values.items() if not k.startswith("log/")))
                     elapsed = max(time.perf_counter() - t0, 1e-9)
                     lr = job.schedulers[stepped[0]].get_last_lr()[0] if stepped else 0.0
                     logger.write(step, {**values, "lr": lr, "steps_per_s": (step - job.start) / elapsed,
@@ -480,6 +479,10 @@ class Trainer:
             if bar is not None:
                 bar.close()
             logger.close()
+        bad = getattr(job.dataset, "bad_count", 0)
+        if bad and is_main:
+            log.warning("stage '%s': %d unusable training file(s) skipped, each logged once above "
+                        "(`tta-run %s prepare` reports them all)", stage.name, bad, self.recipe.path)
         acc.wait_for_everyone()
         self.last_components = {n: job.ctx.unwrap(n) for n in job.ctx.components}
         return TrainResult(stage.name, step, last_ckpt, self._stop_signal, nonfinite_total, logger.last, self._wrote)

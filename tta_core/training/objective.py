@@ -50,6 +50,7 @@ class StageContext:
     barrier: Any = lambda: None  # waits for every process (work only the main one does)
     cache_audio: Any = None  # the recipe's audio settings, under which `prepare` cached whole-clip mels
                              # (None: ``audio``); a stage's examples are cropped from those
+    progress: bool = True  # report long work (filling a cache) with tta_core.progress; off: say nothing
 
     def __post_init__(self) -> None:
         if self.cache_audio is None:

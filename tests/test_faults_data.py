@@ -432,3 +432,19 @@ def test_progress_interval_comes_from_the_environment_and_is_range_checked(monke
         monkeypatch.setenv("TTA_PROGRESS_EVERY", bad)
         with pytest.raises(UsageError, match="TTA_PROGRESS_EVERY must be a positive number of seconds"):
             Progress(10, "encode", stream=io.StringIO(), tty=False)
+
+
+def test_synth_into_a_folder_holding_a_set_is_refused_untouched(tmp_path, capsys):
+    out = tmp_path / "mine"
+    (out / "audio").mkdir(parents=True)
+    (out / "manifest.jsonl").write_text('{"id": "a", "audio": "audio/a.wav", "caption": "my own recording"}\n')
+    (out / "audio" / "a.wav").write_bytes(b"RIFF-mine")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(["synth", "sounds", "--out", str(out), "--n", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a data set" in err and "left as it is" in err and "--overwrite" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert main(["synth", "sounds", "--out", str(out), "--n", "8", "--duration", "0.5", "--overwrite"]) == 0
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 8
+    assert main(["synth", "sounds", "--out", str(tmp_path / "new"), "--n", "0"]) == 2
+    assert "argument --n: must be at least 1" in capsys.readouterr().err

@@ -201,6 +201,28 @@ def number(kind: type = int, *, min: float | None = None, max: float | None = No
     return parse
 
 
+def check_writable(folder: str | os.PathLike, flag: str) -> None:
+    """Refuse a folder that cannot be written (or created), before any work is done; only a
+    probe file is made, and removed, in the nearest folder that exists."""
+    import tempfile
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag} {folder} is a file, not a folder")
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{flag} {folder}: {probe} is a file, so the folder cannot be made")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".tta-write-test-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise UsageError(f"{flag} {folder} cannot be written ({probe}: {exc.strerror or exc}); "
+                         f"choose another {flag}") from None
+
+
 def load_plugins(args: argparse.Namespace):
     """The loaded plugins, reporting broken ones on stderr once per command (or failing, when
     strict)."""

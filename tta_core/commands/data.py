@@ -7,24 +7,31 @@ import os
 import sys
 from pathlib import Path
 
-from ..cli import command, load_plugins, load_recipe, verb
+from ..cli import check_writable, command, load_plugins, load_recipe, number, verb
 from ..errors import UsageError
 
 
 def _synth_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=["sounds", "birds"], help="sounds: 8 simple sound kinds; birds: 5 bird species")
     p.add_argument("--out", required=True, help="folder to write audio/ and manifest.jsonl into")
-    p.add_argument("--n", type=int, default=256, help="number of clips (default 256, balanced over labels)")
-    p.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
-    p.add_argument("--duration", type=float, default=2.0, help="seconds per clip (default 2.0)")
+    p.add_argument("--n", type=number(int, min=1), default=256, help="number of clips (default 256, balanced over labels)")
+    p.add_argument("--seed", type=number(int, min=0), default=0, help="same seed, same bytes (default 0)")
+    p.add_argument("--duration", type=number(float, min=0.1, max=600), default=2.0,
+                   help="seconds per clip (default 2.0)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a set already in --out (its manifest.jsonl and audio/ files of the same names)")
 
 
 @command("synth", "write a synthetic captioned dataset (sounds or birds) with a jsonl manifest", _synth_args)
 def _synth(args: argparse.Namespace) -> int:
     from ..synth import write_set
 
-    if args.n < 1 or args.duration <= 0:
-        raise UsageError(f"--n must be at least 1 and --duration positive, got {args.n} and {args.duration}")
+    out = Path(args.out)
+    taken = [p for p in (out / "manifest.jsonl", out / "audio") if p.exists()]
+    if taken and not args.overwrite:
+        raise UsageError(f"--out {out} already holds a data set ({', '.join(str(p) for p in taken)}), left as it is: "
+                         "choose another --out, or give --overwrite to replace it")
+    check_writable(out, "--out")
     manifest = write_set(args.kind, args.out, args.n, args.seed, args.duration)
     print(f"wrote {args.n} {args.kind} clips ({args.duration:g} s, 16 kHz) and {manifest}")
     print(f"use it in a recipe: data: {{train: {{type: jsonl, manifest: {manifest}}}}}")
@@ -34,7 +41,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", help="run folder (default runs/<recipe name>/); the cache goes to RUN_DIR/cache/")
     p.add_argument("--strict", action="store_true", help="fail (exit 1) when any item is bad, not only when none is usable")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    p.add_argument("--workers", type=number(int, min=0), default=min(4, os.cpu_count() or 1),
                    help="processes decoding audio (default: up to 4; 0 decodes in this process)")
     p.add_argument("--no-cache", action="store_true", help="only check the data; build no mel cache")
 

@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from ..cli import load_plugins, load_recipe, number, verb
+from ..cli import check_writable, load_plugins, load_recipe, number, verb
 from ..errors import UsageError
 from ..manifest import NAME, append_rows, check_sample_manifest
 
@@ -150,27 +150,6 @@ def _check_paths(args: argparse.Namespace, run_dir: Path, out: Path) -> None:
             raise UsageError(f"--{flag.replace('_', '-')} {path} {what}: give an audio file")
     check_writable(out, "--out")
     check_sample_manifest(out)
-
-
-def check_writable(folder: Path, flag: str) -> None:
-    """Refuse a folder that cannot be written (or created), before any work is done; only a
-    probe file is made, and removed, in the nearest folder that exists."""
-    import tempfile
-
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{flag} {folder} is a file, not a folder")
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UsageError(f"{flag} {folder}: {probe} is a file, so the folder cannot be made")
-    try:
-        fd, name = tempfile.mkstemp(prefix=".tta-write-test-", dir=probe)
-        os.close(fd)
-        os.unlink(name)
-    except OSError as exc:
-        raise UsageError(f"{flag} {folder} cannot be written ({probe}: {exc.strerror or exc}); "
-                         f"choose another {flag}") from None
 
 
 def _free_stem(out: Path, stem: str, suffixes: tuple[str, ...], taken: set[str]) -> str:

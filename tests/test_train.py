@@ -344,3 +344,19 @@ def test_training_off_a_terminal_reports_progress_as_plain_lines(toy, tmp_path, 
     capsys.readouterr()
     assert main([str(toy), "train", "--run-dir", str(tmp_path / "quiet"), "--max-steps", "3", "--no-progress"]) == 0
     assert "train fit" not in capsys.readouterr().err
+
+
+def test_a_batch_estimated_beyond_free_memory_is_refused_before_training(toy, tmp_path, capsys, monkeypatch):
+    import tta_core.memory
+
+    monkeypatch.setattr(tta_core.memory, "available_bytes", lambda device: 1000)  # 1 kB free
+    run = tmp_path / "run"
+    assert main([str(toy), "train", "--run-dir", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "stage 'fit': a training step with batch_size 4 needs about" in err and "cpu memory has 1.0 kB free" in err
+    assert "--set train.fit.batch_size=2" in err and "--skip-memory-check" in err
+    assert not (run / "fit/checkpoints").exists()
+    assert main([str(toy), "train", "--run-dir", str(run), "--no-progress", "--max-steps", "1",
+                 "--skip-memory-check"]) == 0
+    monkeypatch.undo()
+    assert main([str(toy), "train", "--run-dir", str(tmp_path / "fits"), "--no-progress", "--max-steps", "1"]) == 0

@@ -30,6 +30,8 @@ def _args(p: argparse.ArgumentParser) -> None:
                    help="start trained components from these weights (run dir, checkpoint folder or .safetensors)")
     p.add_argument("--allow-partial", action="store_true",
                    help="with --init-from: load the weights that fit and list the missing/unexpected keys")
+    p.add_argument("--skip-memory-check", action="store_true",
+                   help="train even when a step is estimated to need more memory than the device has free")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress report (a bar on a terminal, else a line every 10 s with the rate and time left)")
 
@@ -66,7 +68,7 @@ def _train(args: argparse.Namespace) -> int:
         trainer = Trainer(recipe, registry, stage, run_dir, stage_order=names, device=args.device,
                           precision=args.precision, max_steps=args.max_steps, seed=args.seed, fresh=args.fresh,
                           init_from=args.init_from, allow_partial=args.allow_partial,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, memory_check=not args.skip_memory_check)
         started = time.perf_counter()
         result = trainer.run_stage()
         if result.signal and result.checkpoint is None:
@@ -116,6 +118,7 @@ def _command(args: argparse.Namespace, stages: list[str], *, fresh: bool) -> str
         if value is not None:
             words += [flag, str(value)]
     for flag, on in [("--allow-partial", args.allow_partial), ("--no-progress", args.no_progress),
+                     ("--skip-memory-check", args.skip_memory_check),
                      ("--strict-plugins", args.strict_plugins), ("--debug", args.debug), ("--fresh", fresh)]:
         if on:
             words.append(flag)

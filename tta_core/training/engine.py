@@ -127,6 +127,7 @@ class Trainer:
         allow_partial: bool = False,
         progress: bool = True,
         audio: Any = None,
+        memory_check: bool = True,
     ):
         check_device(device)
         self.recipe, self.registry, self.stage = recipe, registry, stage
@@ -138,6 +139,7 @@ class Trainer:
         self.seed = stage.seed if seed is None else seed
         self.fresh, self.init_from, self.allow_partial = fresh, init_from or stage.init_from, allow_partial
         self.progress = progress
+        self.memory_check = memory_check
         if audio is None:
             from ..data.config import AudioConfig
 
@@ -384,10 +386,69 @@ class Trainer:
             worker_init_fn=_leave_signals_to_the_trainer if stage.num_workers else None,
         )
         batches = iter(loader)
+        job = _Job(ctx, objective, trained, wrapped, param_lists, optimizers, prepared_opts, schedulers, emas,
+                   dataset, batches, start, nonfinite_total, resume)
         if start < self.max_steps:  # a data set that cannot be read fails here, before the run changes anything
-            batches = itertools.chain([next(batches)], batches)
-        return _Job(ctx, objective, trained, wrapped, param_lists, optimizers, prepared_opts, schedulers, emas,
-                    dataset, batches, start, nonfinite_total, resume)
+            first = next(batches)
+            job.batches = itertools.chain([first], batches)
+            if self.memory_check:
+                self._check_memory(acc, job, first)
+        return job
+
+    def _check_memory(self, acc, job: _Job, batch: Any) -> None:
+        """Refuse a batch size whose training step is estimated to need more memory than the
+        device has free, before the first step.
+
+        Objectives branch on their data (caption dropout, a scale set by the first batch), so
+        the step cannot run on fake tensors; it runs for real on the first one and four items
+        of the first batch instead (after one unmeasured call, for what a first call makes
+        once), its tensors counted (tta_core.memory.measured_bytes), and the peak is
+        extrapolated linearly to ``batch_size`` (activations grow with the batch,
+        gradients do not). Added: the optimizer's state (Adam keeps two copies of the trained
+        weights), then a margin for what allocators add (sampling.MEMORY_MARGIN). Every
+        buffer, attribute and gradient the trial steps touch is put back, so training goes on
+        exactly as without them. Runs of several processes are not checked here (a CUDA
+        out-of-memory error there still says which batch size to lower)."""
+        from ..memory import available_bytes, format_bytes, measured_bytes, unchanged
+        from ..sampling import MEMORY_MARGIN
+
+        stage, device = self.stage, acc.device
+        have = available_bytes(device)
+        if batch is None or have is None or acc.num_processes > 1:
+            return
+        probe = min(stage.batch_size, 4)  # items of the larger trial step: enough to see the per-item growth
+
+        def step(items: Any) -> None:
+            with acc.autocast():
+                out = job.objective.losses(_to_device(items, device), job.start, torch.Generator(device=device))
+            sum(v.float().sum() for k, v in out.items() if not k.startswith("log/")).backward()
+
+        parts = [job.objective, *job.ctx.components.values()]
+        buffers = [b for m in parts if isinstance(m, torch.nn.Module) for b in m.buffers()]
+        buffers += [b for m in getattr(job.objective, "modules", dict)().values() for b in m.buffers()]
+        saved = [b.detach().clone() for b in buffers]
+        try:
+            with unchanged(*parts), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                measured_bytes(step, _first(batch, 1))  # what a first call makes once (tables, caches) is not per item
+                one = measured_bytes(step, _first(batch, 1))
+                many = one if probe == 1 else measured_bytes(step, _first(batch, probe))
+        except Exception as exc:  # the check is optional: the real step reports real errors
+            log.debug("no memory estimate for stage '%s': %s: %s", stage.name, type(exc).__name__, exc)
+            return
+        finally:
+            with torch.no_grad():
+                for b, value in zip(buffers, saved):
+                    b.copy_(value)
+        state = 2 * sum(p.numel() * p.element_size() for params in job.param_lists.values() for p in params)
+        per_item = max(0.0, (many - one) / (probe - 1)) if probe > 1 else 0.0
+        peak = many if stage.batch_size == probe else one + per_item * (stage.batch_size - 1)
+        need = int((peak + state) * MEMORY_MARGIN)
+        if need > have:
+            raise UsageError(
+                f"stage '{stage.name}': a training step with batch_size {stage.batch_size} needs about "
+                f"{format_bytes(need)} (estimated), and {device.type} memory has {format_bytes(have)} free: lower it, "
+                f"e.g. --set train.{stage.name}.batch_size={max(1, stage.batch_size // 2)} (and raise "
+                f"train.{stage.name}.grad_accum to keep the effective batch), or train anyway with --skip-memory-check")
 
     def _commit(self) -> None:
         """Every check has passed: tidy what interrupted runs left, set damaged checkpoints
@@ -726,6 +787,17 @@ def _any_rank(acc, flag: bool) -> bool:
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=acc.device)
     return bool(acc.reduce(t, reduction="sum").item() > 0)
+
+
+def _first(batch: Any, n: int) -> Any:
+    """The first ``n`` items of a collated batch (tensors, lists and the mappings holding them)."""
+    if isinstance(batch, (torch.Tensor, list, tuple)):
+        return batch[:n]
+    if isinstance(batch, dict):
+        return {k: _first(v, n) for k, v in batch.items()}
+    if isinstance(batch, Conditioning):
+        return Conditioning(*(None if t is None else t[:n] for t in (batch.tokens, batch.mask, batch.pooled)))
+    return batch
 
 
 def _to_device(batch: Any, device) -> Any:

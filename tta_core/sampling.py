@@ -475,7 +475,7 @@ class Pipeline:
             print(f"warning: {what}", file=sys.stderr)
 
     def batches(self, texts: Sequence[str], *, n: int = 1, progress: bool = False,
-                settings: "SampleSettings | None" = None, memory_check: bool = True,
+                settings: "SampleSettings | None" = None, memory_check: bool = False,
                 **options: Any) -> Iterator[Batch]:
         """Generate ``n`` outputs per prompt, ``batch_size`` at a time; batch k draws its
         latent noise (and its sampler's noise) from ``torch.Generator("cpu").manual_seed(seed + k)``.
@@ -483,8 +483,10 @@ class Pipeline:
         Options (or one ``settings``): steps, guidance, guidance_rescale, guidance_interval,
         sampler, seed, duration, batch_size, negative: a prompt (or one per text) whose
         conditioning replaces the unconditional half of guidance ("" or None:
-        ``conditioner.null``), decode_steps (diffusion autoencoders). ``memory_check``: refuse
-        a batch estimated to need more memory than the device has free (:meth:`check_memory`).
+        ``conditioner.null``), decode_steps (diffusion autoencoders). ``memory_check``: first
+        refuse a batch estimated to need more memory than the device has free
+        (:meth:`check_memory`; a second or two, so ``tta-run sample`` does it and a loop of
+        short generations need not).
         """
         st = settings if settings is not None else self.settings(**options)
         if n < 1:

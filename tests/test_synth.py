@@ -36,7 +36,7 @@ def test_synth_cli_writes_a_readable_set_deterministically(tmp_path, capsys):
 
 def test_synth_rejects_nonsense_counts(tmp_path, capsys):
     assert main(["synth", "birds", "--out", str(tmp_path), "--n", "0"]) == 2
-    assert "--n must be at least 1" in capsys.readouterr().err
+    assert "argument --n: must be at least 1" in capsys.readouterr().err
 
 
 def test_every_sound_kind_has_several_captions_and_random_parameters():

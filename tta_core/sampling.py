@@ -73,8 +73,14 @@ def audio_config(recipe: Recipe) -> Any:
 def check_duration(audio: Any, seconds: float, where: str = "duration") -> float:
     """``seconds`` when an output of that length can be made and pictured: finite, and longer
     than one STFT window of the recipe's audio; else a UsageError saying the shortest."""
+    from .errors import RecipeError
+
     shortest = (audio.mel.n_fft + 1) / audio.sample_rate
-    if not math.isfinite(seconds) or seconds < shortest:
+    try:  # the data layer's rule for any example length (AudioConfig.with_duration)
+        fits = math.isfinite(seconds) and audio.with_duration(seconds) is not None
+    except RecipeError:
+        fits = False
+    if not fits:
         raise UsageError(f"{where} {seconds:g} s is too short: an output must be longer than one STFT window of the "
                          f"recipe's audio ({audio.mel.n_fft} samples at {audio.sample_rate} Hz), at least {shortest:.3g} s")
     return float(seconds)

@@ -134,8 +134,9 @@ def save_spectrogram(path: Path, wave, sample_rate: int, audio, title: str) -> N
     plt.close(fig)
 
 
-def _check_paths(args: argparse.Namespace, run_dir: Path, out: Path) -> None:
-    """What can be checked of the paths before any model loads: nothing is created here."""
+def _check_paths(args: argparse.Namespace, run_dir: Path, out: Path) -> list[dict]:
+    """What can be checked of the paths before any model loads (nothing is created here); the
+    rows of the manifest already in ``out``."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--run-dir {run_dir} is a file; it names the run folder that `tta-run RECIPE train` "
                          "writes (runs/<recipe name>/ by default)")
@@ -149,7 +150,7 @@ def _check_paths(args: argparse.Namespace, run_dir: Path, out: Path) -> None:
             what = "is a folder" if Path(path).is_dir() else "does not exist"
             raise UsageError(f"--{flag.replace('_', '-')} {path} {what}: give an audio file")
     check_writable(out, "--out")
-    check_sample_manifest(out)
+    return check_sample_manifest(out)
 
 
 def _free_stem(out: Path, stem: str, suffixes: tuple[str, ...], taken: set[str]) -> str:
@@ -203,7 +204,7 @@ def _sample(args: argparse.Namespace) -> int:
     registry = load_plugins(args).registry
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)
     out = Path(args.out) if args.out else run_dir / "samples"
-    _check_paths(args, run_dir, out)
+    earlier = _check_paths(args, run_dir, out)
     if args.duration is not None:
         check_duration(audio_config(recipe), args.duration, "--duration")
     pipe = load_pipeline(recipe, run_dir=run_dir, ckpt=args.ckpt, device=args.device,
@@ -221,7 +222,7 @@ def _sample(args: argparse.Namespace) -> int:
                        decode_steps=args.decode_steps, init_audio=args.init_audio, strength=args.strength,
                        keep=args.keep, extend=args.extend, audio_prompt=args.audio_prompt, loudness=args.loudness)
     manifest_path = out / NAME
-    taken = set() if args.overwrite else {Path(row["file"]).stem for row in check_sample_manifest(out)}
+    taken = set() if args.overwrite else {Path(row["file"]).stem for row in earlier}
     batches = pipe.batches([prompt for _, prompt in entries], n=args.n, settings=st,
                            progress=not args.no_progress, memory_check=not args.skip_memory_check)
     written, renamed, pending = 0, 0, {}

@@ -66,3 +66,58 @@ def tiny_t5(tmp_path_factory):
     _tiny_t5(folder)
     _word_tokenizer(folder, words=150)
     return folder
+
+
+# -- shared, expensive inputs: built once per test run -------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sets(tmp_path_factory):
+    """Two synthetic `sounds` sets of 16 one-second clips, ``a`` and ``b``, with the same file
+    names (what KL pairs) and captions."""
+    from tta_core.cli import main
+
+    root = tmp_path_factory.mktemp("evalsets")
+    for name, seed in (("a", 0), ("b", 1)):
+        assert main(["synth", "sounds", "--out", str(root / name), "--n", "16", "--seed", str(seed),
+                     "--duration", "1.0"]) == 0
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, sets):
+    """The quickstart recipe at toy size, trained 2 steps per stage on ``sets/a``: the
+    arguments that point a command at it (``--set``s, ``--run-dir``, ``--no-progress``) and
+    its root folder. Tests read it; one that changes the run dir copies it first."""
+    from tta_core.cli import main
+
+    from test_shipped_recipes import TINY
+
+    root = tmp_path_factory.mktemp("tinyrun")
+    manifest = sets / "a" / "manifest.jsonl"
+    sets_ = [f"data.train={{type: jsonl, manifest: {manifest}}}", f"data.valid={{type: jsonl, manifest: {manifest}}}",
+             *[t for t in TINY if not t.startswith("components.unet") and not t.startswith("components.vocoder")],
+             "components.unet.channels=[16,32]", "components.unet.norm_groups=8",
+             "components.unet.attention_levels=[false,true]", "components.unet.head_dim=8",
+             "components.text.config={d_model: 16, num_layers: 1, num_heads: 2, d_ff: 32}",
+             "components.unet.cross_attention_dim=16", "components.unet.pooled_dim=16",
+             "components.vocoder={type: griffin_lim, n_iter: 2}",
+             "train.vae.max_steps=2", "train.ldm.max_steps=2"]
+    args = [x for s in sets_ for x in ("--set", s)] + ["--run-dir", str(root / "run"), "--no-progress"]
+    assert main([str(REPO / "recipes" / "quickstart.yaml"), "train", *args]) == 0
+    return args, root
+
+
+@pytest.fixture(scope="session")
+def tiny_clap(tmp_path_factory):
+    """A randomly initialised laion-clap checkpoint (HTSAT-tiny audio, its own small text
+    tower: no tokenizer download), as laion-clap saves them."""
+    import torch
+
+    from tta_audioldm.clap import CLAPConditioner
+    from test_clap import save_laion_checkpoint
+
+    path = tmp_path_factory.mktemp("parts") / "630k-audioset-best.pt"
+    torch.manual_seed(0)
+    save_laion_checkpoint(CLAPConditioner(tmodel="transformer"), path)
+    return path

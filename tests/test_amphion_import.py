@@ -97,6 +97,7 @@ def test_the_vae_and_vocoder_compute_what_amphions_compute(amphion):
     assert torch.allclose(ours_wave, wave[:, : 16 * 256], atol=1e-5 * float(wave.abs().max()))
 
 
+@pytest.mark.slow
 def test_the_imported_run_samples_and_fine_tunes(amphion, tmp_path):
     info = json.loads((amphion.run / "imported.json").read_text())
     assert info["format"] == "amphion-tta"

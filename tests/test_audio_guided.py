@@ -11,13 +11,12 @@ import torch
 
 from tta_core.cli import main
 
-from test_eval_command import sets, tiny_run  # noqa: F401  (fixtures: a synthetic set, a tiny trained run)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def quick(tiny_run):  # noqa: F811
+def quick(tiny_run):
     from tta_core.sampling import load_pipeline
 
     args, root = tiny_run
@@ -27,7 +26,7 @@ def quick(tiny_run):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def init_clip(sets):  # noqa: F811
+def init_clip(sets):
     return sorted((sets / "a").rglob("*.wav"))[1]  # a 1 s synthetic clip
 
 
@@ -119,7 +118,7 @@ def test_audio_prompts_are_refused_without_an_audio_side(quick, init_clip, tmp_p
     assert "has no audio side" in capsys.readouterr().err
 
 
-def test_audio_prompts_condition_on_the_clips_embedding(quick, init_clip, sets, monkeypatch):  # noqa: F811
+def test_audio_prompts_condition_on_the_clips_embedding(quick, init_clip, sets, monkeypatch):
     """A conditioner with an audio side (CLAP's contract: encode_audio(wave [B, N], rate))."""
     pipe, _, _ = quick
     from tta_core.interfaces import Conditioning

@@ -236,6 +236,7 @@ def _recon_error(vae_weights, sounds):
     return (recon - batch["mel"]).abs().mean().item()
 
 
+@pytest.mark.slow
 def test_vae_gan_trains_a_vae_that_reconstructs_better(sounds, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     assert run(["recipes/quickstart.yaml", "train", "--stage", "vae", "--max-steps", "40", "--no-progress"],
@@ -251,6 +252,7 @@ def test_vae_gan_trains_a_vae_that_reconstructs_better(sounds, tmp_path, monkeyp
     assert float(trained["scale_factor"]) != 1.0  # scale-by-std was estimated from the data
 
 
+@pytest.mark.slow
 def test_a_stage_trains_on_its_own_example_length(sounds, tmp_path, monkeypatch, capsys):
     """train.<stage>.duration: the VAE learns from 0.32 s crops cut from the mels `prepare`
     cached for the recipe's 0.64 s, and the LDM stage then trains on it at full length."""
@@ -295,6 +297,7 @@ def test_a_stage_trains_on_its_own_example_length(sounds, tmp_path, monkeypatch,
     assert not (tmp_path / "bad/run/vae").exists()
 
 
+@pytest.mark.slow
 def test_vae_gan_steps_the_discriminator_only_after_disc_start(sounds, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     args = ["recipes/quickstart.yaml", "train", "--stage", "vae", "--max-steps", "2", "--no-progress"]
@@ -311,6 +314,7 @@ def test_vae_gan_steps_the_discriminator_only_after_disc_start(sounds, tmp_path,
     assert set(late.tensors()["optimizers"]) == {"generator", "discriminator"}
 
 
+@pytest.mark.slow
 def test_quickstart_trains_one_step_per_stage_and_samples(sounds, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     assert run(["recipes/quickstart.yaml", "train", "--max-steps", "1", "--no-progress"], sounds, tmp_path,
@@ -339,6 +343,7 @@ def test_quickstart_trains_one_step_per_stage_and_samples(sounds, tmp_path, monk
                 "--reference-per-label", "4"], sounds, tmp_path) == 1
 
 
+@pytest.mark.slow
 def test_cached_latents_and_captions_train_as_encoding_every_step(tmp_path, monkeypatch, caplog):
     import logging
     import shutil

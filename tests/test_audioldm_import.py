@@ -89,6 +89,7 @@ def test_the_run_holds_the_pipelines_parts(imported):
     assert all(torch.equal(v, ref[k]) for k, v in ours.denoiser.unet.state_dict().items())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("negative", [None, "w1 w2"])
 def test_sample_equals_the_diffusers_pipeline(imported, tmp_path, negative):
     import soundfile
@@ -118,6 +119,7 @@ def test_a_folder_that_is_not_a_pipeline_is_refused_and_nothing_is_written(tmp_p
     assert "not an AudioLDM pipeline folder" in err and "vae/" in err and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_an_imported_run_fine_tunes_its_unet(imported, tmp_path):
     from tta_core.checkpoint import latest_checkpoint
 
@@ -139,6 +141,7 @@ def test_an_imported_run_fine_tunes_its_unet(imported, tmp_path):
     assert max(float((tuned[k] - before[k]).abs().max()) for k in before) < 0.01  # a small step from the import
 
 
+@pytest.mark.slow
 def test_another_recipe_starts_from_the_imported_run(imported, tmp_path):
     """`train --init-from RUN_DIR`: the U-Net starts from the imported weights, the frozen VAE
     and text encoder and the vocoder are copied into the new run, which then samples alone."""

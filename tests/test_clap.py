@@ -61,6 +61,7 @@ def test_clap_fits_audio_to_its_ten_second_window_as_laion_clap(clap):
     assert torch.equal(clap._fit(torch.cat([torch.randn(1, 48000), ten, torch.randn(1, 48000)], dim=1)), ten)
 
 
+@pytest.mark.slow
 def test_clap_loads_a_laion_clap_checkpoint_through_pretrained(clap, tmp_path):
     path = tmp_path / "630k-audioset-best.pt"
     save_laion_checkpoint(clap, path)
@@ -74,6 +75,7 @@ def test_clap_loads_a_laion_clap_checkpoint_through_pretrained(clap, tmp_path):
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
 
 
+@pytest.mark.slow
 def test_clap_refuses_checkpoints_that_do_not_fit_and_changes_nothing(clap, tmp_path):
     with torch.no_grad():
         before = clap.encode_text(["rain"]).pooled
@@ -116,6 +118,7 @@ def test_clap_refuses_a_nearly_empty_roberta_tokenizer_naming_the_missing_files(
         CLAPConditioner(tmodel="transformer", amodel="HTSAT-tin")
 
 
+@pytest.mark.slow
 def test_clap_roberta_builds_offline_from_its_configuration(tmp_path):
     # only the tokenizer files are needed: the RoBERTa network is built from roberta-base's
     # configuration (its weights come from a CLAP checkpoint), nothing is downloaded

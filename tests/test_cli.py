@@ -53,7 +53,7 @@ def test_runtime_failures_exit_1_with_one_message_and_traceback_only_with_debug(
     def boom(args):
         raise ValueError("something broke")
 
-    monkeypatch.setitem(cli.COMMANDS, "boom", cli._Command("boom", "fails", lambda p: None, boom))
+    monkeypatch.setitem(cli.COMMANDS, "boom", cli.Command("boom", "fails", boom))
     assert main(["boom"]) == 1
     err = capsys.readouterr().err
     assert "error: ValueError: something broke" in err and "Traceback" not in err

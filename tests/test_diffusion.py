@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tta_core.diffusion import DDIM, DDPM, VDiffusion, VPDiscrete, VSampler
+from tta_core.diffusion import DDIM, DDPM, RectifiedFlow, VDiffusion, VPDiscrete, VSampler
 from tta_core.interfaces import Process, Sampler
 from tta_core.testing.conformance import check_sampler, gaussian_denoiser
 
@@ -17,6 +17,8 @@ PROCESSES = {
                                         prediction="v", spacing="trailing"),
     "vp_x0_cosine": lambda: VPDiscrete(betas="cosine", prediction="sample", spacing="linspace"),
     "v_diffusion": lambda: VDiffusion(),
+    "rectified_flow_shift": lambda: RectifiedFlow(shift=3.0, time_scale=1000.0),
+    "rectified_flow_x0": lambda: RectifiedFlow(prediction="sample"),
 }
 SAMPLERS = {"ddpm": DDPM(), "ddim": DDIM(), "ddim_eta": DDIM(eta=1.0), "vsampler": VSampler()}
 
@@ -27,6 +29,9 @@ def exact_net(process, mean=0.5, std=0.5):
     def net(x, t, cond=None):
         if isinstance(process, VPDiscrete):
             a, s = process.alpha[t.long()], process.sigma[t.long()]
+        elif isinstance(process, RectifiedFlow):
+            s = t / process.time_scale
+            a = 1 - s
         else:
             a, s = torch.cos(t * math.pi / 2), torch.sin(t * math.pi / 2)
         a, s = a.reshape(-1, 1, 1), s.reshape(-1, 1, 1)
@@ -35,6 +40,8 @@ def exact_net(process, mean=0.5, std=0.5):
             return (x - a * x0) / s
         if process.prediction == "v":
             return a * (x - a * x0) / s - s * x0
+        if process.prediction == "velocity":  # the flow's eps - x0
+            return (x - a * x0) / s - x0
         return x0
     return net
 

@@ -116,6 +116,7 @@ def test_panns_variants_have_their_own_front_ends_and_settings(panns):
         PANNs(sample_rate=44100, random=True)
 
 
+@pytest.mark.slow
 def test_panns_loads_a_checkpoint_file_strictly_and_hashes_it(panns, panns_file):
     path, trained = panns_file
     loaded = PANNs(weights=str(path))
@@ -130,6 +131,7 @@ def test_panns_loads_a_checkpoint_file_strictly_and_hashes_it(panns, panns_file)
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
 
 
+@pytest.mark.slow
 def test_panns_refuses_a_file_with_a_misnamed_key_and_says_which(panns, tmp_path):
     state = dict(panns.net.state_dict())
     state["fc_audioset.weights"] = state.pop("fc_audioset.weight")
@@ -176,6 +178,7 @@ def test_clap_conforms_unit_audio_and_text_embeddings(clap):
     assert settings["weights"].startswith("random") and "repeat" in settings["window"]
 
 
+@pytest.mark.slow
 def test_clap_loads_a_laion_clap_checkpoint_and_refuses_a_misnamed_key(clap, tmp_path):
     trained = scaled(clap.clap.model.state_dict())
     state = {"module." + k: v for k, v in trained.items()}  # as laion-clap's training saves them

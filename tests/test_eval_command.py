@@ -11,17 +11,6 @@ import torch
 
 from tta_core.cli import main
 
-from test_shipped_recipes import tiny_clap  # noqa: F401
-
-
-@pytest.fixture(scope="module")
-def sets(tmp_path_factory):
-    """Two synthetic sets with the same file names (what KL pairs), and captions."""
-    root = tmp_path_factory.mktemp("evalsets")
-    for name, seed in (("a", 0), ("b", 1)):
-        assert main(["synth", "sounds", "--out", str(root / name), "--n", "16", "--seed", str(seed),
-                     "--duration", "1.0"]) == 0
-    return root
 
 
 def _eval(*args):
@@ -91,10 +80,11 @@ def panns_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def clap_file(tiny_clap):  # noqa: F811  (a random laion-clap checkpoint, its own text tower)
+def clap_file(tiny_clap):  # (a random laion-clap checkpoint, its own text tower)
     return tiny_clap
 
 
+@pytest.mark.slow
 def test_panns_gives_fd_kl_and_is(sets, tmp_path, panns_file):
     spec = f"{{type: panns, weights: {panns_file}}}"
     assert _eval("--generated", str(sets / "a"), "--reference", str(sets / "b"), "--embedder", spec,
@@ -116,6 +106,7 @@ def test_kl_and_is_need_a_classifier(sets, tmp_path, capsys):
     assert "classifier" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_clap_score_reads_the_prompts(sets, tmp_path, clap_file):
     spec = f"{{type: clap, pretrained: {clap_file}, tmodel: transformer}}"
     assert _eval("--generated", str(sets / "a"), "--metrics", "clap", "--text-embedder", spec,
@@ -131,25 +122,6 @@ def test_clap_score_reads_the_prompts(sets, tmp_path, clap_file):
 # -- with a trained (tiny) run ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, sets):
-    from test_shipped_recipes import TINY
-
-    root = tmp_path_factory.mktemp("tinyrun")
-    manifest = sets / "a" / "manifest.jsonl"
-    sets_ = [f"data.train={{type: jsonl, manifest: {manifest}}}", f"data.valid={{type: jsonl, manifest: {manifest}}}",
-             *[t for t in TINY if not t.startswith("components.unet") and not t.startswith("components.vocoder")],
-             "components.unet.channels=[16,32]", "components.unet.norm_groups=8",
-             "components.unet.attention_levels=[false,true]", "components.unet.head_dim=8",
-             "components.text.config={d_model: 16, num_layers: 1, num_heads: 2, d_ff: 32}",
-             "components.unet.cross_attention_dim=16", "components.unet.pooled_dim=16",
-             "components.vocoder={type: griffin_lim, n_iter: 2}",
-             "train.vae.max_steps=2", "train.ldm.max_steps=2"]
-    args = [x for s in sets_ for x in ("--set", s)] + ["--run-dir", str(root / "run"), "--no-progress"]
-    assert main(["recipes/quickstart.yaml", "train", *args]) == 0
-    return args, root
-
-
 def test_reconstruction_scores_the_round_trip_on_the_valid_split(tiny_run, monkeypatch):
     args, root = tiny_run
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
@@ -162,6 +134,7 @@ def test_reconstruction_scores_the_round_trip_on_the_valid_split(tiny_run, monke
     assert report["metrics"]["mel_l1"] > 0 and report["metrics"]["ssim"] < 1
 
 
+@pytest.mark.slow
 def test_rerank_keeps_the_best_candidate_and_records_every_score(tiny_run, clap_file, tmp_path, monkeypatch):
     args, root = tiny_run
     monkeypatch.chdir(Path(__file__).resolve().parents[1])

@@ -244,6 +244,51 @@ def test_device_cuda_without_cuda_and_an_unknown_device_fail_before_anything_is_
         Trainer(None, None, None, run, stage_order=[], device="cuda:0")
 
 
+@pytest.mark.parametrize("cuda, count, env, device, message", [
+    (False, 0, {}, "cuda:1", "--device cuda:1: CUDA is not available here (use --device cpu)"),  # as sample says it
+    (True, 1, {}, "cuda:1", "--device cuda:1: this machine has 1 CUDA device (cuda:0)"),
+    (True, 2, {}, "cuda:7", "--device cuda:7: this machine has 2 CUDA devices (cuda:0 to cuda:1)"),
+    (True, 2, {}, "cuda:x", "--device 'cuda:x'"),
+    (True, 2, {"LOCAL_RANK": "1", "WORLD_SIZE": "2"}, "cuda:0",
+     "--device cuda:0: under accelerate launch / torchrun each process trains on the GPU the launcher gives it "
+     "(this one: cuda:1)"),
+])
+def test_a_device_training_cannot_use_as_asked_is_refused_before_anything_is_built(toy, tmp_path, capsys, monkeypatch,
+                                                                                  cuda, count, env, device, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    built = []
+    monkeypatch.setattr(Trainer, "_build_components", lambda self: built.append(1))
+    run = tmp_path / "run"
+    assert train(toy, run, "--device", device) == 2
+    assert message in capsys.readouterr().err
+    assert not run.exists() and built == []
+
+
+def test_a_gpu_index_is_the_gpu_a_single_process_trains_on(toy, tmp_path, monkeypatch):
+    """accelerate trains one process on the current CUDA device: --device cuda:1 must make it GPU 1
+    (checked here without a GPU, by what the trainer asks of torch and accelerate)."""
+    import accelerate
+
+    from tta_core.recipe import load_recipe
+    from tta_core.training.stage import parse_stage
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    chosen, made = [], []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: chosen.append(torch.device(d)))
+    monkeypatch.setattr(accelerate, "Accelerator", lambda **kwargs: made.append(kwargs))
+    recipe = load_recipe(toy)
+    stage = parse_stage(recipe.get("train")[0])
+    Trainer(recipe, None, stage, tmp_path / "run", stage_order=["fit"], device="cuda:1")._accelerator()
+    assert chosen == [torch.device("cuda", 1)] and made[0]["cpu"] is False
+    chosen.clear()
+    Trainer(recipe, None, stage, tmp_path / "run", stage_order=["fit"], device="cuda")._accelerator()
+    assert chosen == [] and made[1]["cpu"] is False  # no index: the current device, as sample does
+
+
 # 4 -------------------------------------------------------------------------------------------
 
 
@@ -325,6 +370,7 @@ def test_a_second_run_on_a_locked_stage_is_refused_and_a_stale_lock_is_taken_ove
 # 6 -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigterm_while_components_are_built_changes_nothing(toy, tmp_path):
     run = tmp_path / "run"
     assert train(toy, run) == 0
@@ -392,6 +438,7 @@ def test_a_second_sigint_during_a_checkpoint_write_discards_it_whole(toy, tmp_pa
     assert train(toy, run) == 0 and latest_checkpoint(run / "fit/checkpoints").step == 8
 
 
+@pytest.mark.slow
 def test_kill_9_during_a_checkpoint_write_then_resume_from_the_last_complete_one(toy, tmp_path, capsys, caplog):
     run = tmp_path / "run"
     marker = tmp_path / "saving"

@@ -146,6 +146,7 @@ def test_imported_models_generate_what_the_reference_generates(imported, t5_fold
     assert torch.allclose(waves, expected, atol=1e-4 * expected.abs().max())
 
 
+@pytest.mark.slow
 def test_sample_cli_writes_stereo_and_decode_steps_change_the_audio(imported, tmp_path):
     recipe = str(imported["run"] / "recipe.yaml")
     for steps in ("1", "3"):

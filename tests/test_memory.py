@@ -120,6 +120,7 @@ def test_estimates_grow_linearly_for_convolutions_and_quadratically_for_attentio
             assert real_large / real_small == pytest.approx(growth, rel=0.1)
 
 
+@pytest.mark.slow
 def test_unet2d_denoiser_estimate_is_near_the_real_peak(unet):
     t = torch.full((1,), 500.0)
     estimates, reals = [], []

@@ -163,6 +163,7 @@ def test_diffae_decodes_with_any_sampler_and_matches_audio_diffusion_pytorch():
     assert torch.equal(again, ours)
 
 
+@pytest.mark.slow
 def test_tiny_birds_recipe_trains_resumes_and_samples_with_the_learned_null(tmp_path, monkeypatch):
     import json
     from pathlib import Path
@@ -201,6 +202,7 @@ def test_tiny_birds_recipe_trains_resumes_and_samples_with_the_learned_null(tmp_
     assert rate == 16000 and len(wave) == 16384 and row["weights"]["ae"].endswith("ae.ema.safetensors")
 
 
+@pytest.mark.slow
 def test_after_a_short_tiny_training_two_species_prompts_differ_in_pitch_range(tmp_path, monkeypatch):
     """The tiny birds recipe as shipped (300 DiffAE steps, 400 generator steps) on 500
     synthetic clips: the silver warbler sings at 5-6.5 kHz, the dusk dove hoots at 450-750 Hz.

@@ -153,3 +153,30 @@ def test_listing_plugins_does_not_import_torch(fake_dists, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout
+
+
+SECOND_DEFAULT = """
+from tta_core.plugin import hookimpl
+
+@hookimpl
+def tta_register(register):
+    register("embedder", "my_embedder", "collections:OrderedDict", default=True)
+"""
+
+
+def test_a_kinds_default_comes_from_the_plugin_that_offers_it_and_two_offers_make_the_user_choose(
+        fake_dists, tmp_path, capsys):
+    registry = discovery.get_registry()
+    assert registry.default("embedder") == "mel_stats"  # tta_eval offers it: the core names none
+    assert registry.default("sampler") is None
+
+    fake_dists("tta-my-embedder", "1.0", {"myemb": SECOND_DEFAULT})
+    registry = discovery.get_registry()
+    assert registry.has("embedder", "my_embedder") and registry.default("embedder") is None
+    for name in ("gen", "ref"):
+        (tmp_path / name).mkdir()
+    code = main(["eval", "--generated", str(tmp_path / "gen"), "--reference", str(tmp_path / "ref"),
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--embedder" in err and "my_embedder" in err and "mel_stats" in err
+    assert not (tmp_path / "o").exists()

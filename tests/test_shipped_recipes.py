@@ -7,13 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from tta_core.checkpoint import latest_checkpoint
 from tta_core.cli import main
 
 from tta_audioldm.clap import CLAPConditioner
-from test_clap import save_laion_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = ("audioldm_t5", "audioldm_clap", "amphion_tta")
@@ -43,14 +41,6 @@ def sounds(tmp_path_factory):
     return out / "manifest.jsonl"
 
 
-@pytest.fixture(scope="module")
-def tiny_clap(tmp_path_factory):
-    path = tmp_path_factory.mktemp("parts") / "630k-audioset-best.pt"
-    torch.manual_seed(0)
-    save_laion_checkpoint(CLAPConditioner(tmodel="transformer"), path)
-    return path
-
-
 def _parts(name, request):
     if name == "audioldm_clap":  # the checkpoint laion-clap style; its own text tower needs no download
         return [f"components.text.pretrained={request.getfixturevalue('tiny_clap')}",
@@ -59,6 +49,7 @@ def _parts(name, request):
             "components.unet.cross_attention_dim=16"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", RECIPES)
 def test_shipped_recipe_trains_each_stage_and_samples_when_tiny(name, sounds, tmp_path, monkeypatch, request):
     monkeypatch.chdir(REPO)

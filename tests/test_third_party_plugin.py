@@ -1,8 +1,10 @@
 """A third-party plugin through real packaging: examples/tta-fast-samplers is pip-installed
 into a fresh virtual environment (which sees this one's packages, tta included), listed by
 `tta-run plugins` with its distribution and version, used by `sample --sampler dpmpp_2m`,
-its own tests run there, and uninstalled again. A plugin made for another tta version is
-refused with a message that says so, and the others still load."""
+its own tests run there, and uninstalled again. examples/tta-edm, a process from outside the
+variance-preserving family, trains the quickstart and samples with every built-in sampler
+under guidance. A plugin made for another tta version is refused with a message that says
+so, and the others still load."""
 
 import json
 import shutil
@@ -14,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tta_core.cli import main
-
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "tta-fast-samplers"
+EDM_EXAMPLE = REPO / "examples" / "tta-edm"
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +51,13 @@ def plugin_rows(python):
 
 
 @pytest.fixture(scope="module")
-def quickstart_run(tmp_path_factory):
-    """The quickstart recipe trained one step per stage on a small synthetic set."""
-    root = tmp_path_factory.mktemp("quick")
-    assert main(["synth", "sounds", "--out", str(root / "sounds"), "--n", "16", "--seed", "0", "--duration", "1.0"]) == 0
-    sets = ["--set", f"data.train.manifest={root / 'sounds' / 'manifest.jsonl'}", "--run-dir", str(root / "run")]
-    assert main([str(REPO / "recipes" / "quickstart.yaml"), "train", "--max-steps", "1", "--no-progress", *sets]) == 0
-    return sets
+def quickstart_run(tiny_run):
+    """The arguments that point a command at the quickstart recipe trained at toy size
+    (the session's tiny run)."""
+    return tiny_run[0]
 
 
+@pytest.mark.slow
 def test_install_list_use_and_uninstall_the_fast_samplers(venv, quickstart_run, tmp_path):
     source = tmp_path / "tta-fast-samplers"
     shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
@@ -92,6 +91,56 @@ def test_install_list_use_and_uninstall_the_fast_samplers(venv, quickstart_run, 
     assert refused.returncode == 2 and "unknown sampler 'dpmpp_2m'" in refused.stderr
 
 
+#: one interpreter for the training run and the samplings (each tta-run start imports diffusers)
+EDM_RUN = """
+import sys
+from tta_core.cli import main
+
+recipe, run, out, manifest = sys.argv[1:5]
+sets = ["--set", "components.process={type: edm}", "--set", f"data.train.manifest={manifest}", "--run-dir", run]
+if main([recipe, "train", "--max-steps", "2", "--no-progress", "--skip-memory-check", *sets]):
+    sys.exit("train failed")
+for sampler in ("ddpm", "ddim", "vsampler"):
+    if main([recipe, "sample", "--text", "a rising chirp", "--sampler", sampler, "--steps", "3", "--guidance", "3",
+             "--duration", "0.64", "--out", out, "--no-progress", *sets]):
+        sys.exit(f"sample with {sampler} failed")
+"""
+
+
+@pytest.mark.slow
+def test_install_the_edm_process_then_train_and_sample_with_every_sampler(venv, sets, tmp_path):
+    import numpy as np
+    import soundfile
+
+    source = tmp_path / "tta-edm"
+    shutil.copytree(EDM_EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    installed = pip(venv, "install", "--no-deps", "--no-build-isolation", str(source))
+    assert installed.returncode == 0, installed.stderr
+    try:
+        rows = [r for r in plugin_rows(venv) if r["plugin"] == "edm"]
+        assert [(r["kind"], r["name"], r["status"], r["distribution"], r["version"]) for r in rows] == [
+            ("process", "edm", "ok", "tta-edm", "0.1.0")]
+
+        out, manifest = tmp_path / "out", str(sets / "a" / "manifest.jsonl")
+        run = subprocess.run([str(venv), "-c", EDM_RUN, str(REPO / "recipes" / "quickstart.yaml"),
+                              str(tmp_path / "run"), str(out), manifest], capture_output=True, text=True, cwd=REPO)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+        samples = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+        assert [r["sampler"]["type"] for r in samples] == ["ddpm", "ddim", "vsampler"]
+        for row in samples:
+            wave, rate = soundfile.read(out / row["file"])
+            assert rate == 16000 and len(wave) == round(0.64 * 16000) and np.isfinite(wave).all()
+
+        tests = subprocess.run([str(venv), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(source / "tests")],
+                               capture_output=True, text=True, cwd=source)
+        assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-2000:]
+    finally:
+        removed = pip(venv, "uninstall", "-y", "tta-edm")
+    assert removed.returncode == 0, removed.stderr
+    assert not any(r["name"] == "edm" for r in plugin_rows(venv))
+
+
+@pytest.mark.slow
 def test_a_plugin_for_another_tta_version_is_refused_and_the_others_load(venv, tmp_path):
     source = tmp_path / "tta-future"
     (source / "tta_future").mkdir(parents=True)

@@ -243,6 +243,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_with_the_same_total_batch(toy, tmp_path):
     """torchrun with 2 CPU processes (gloo): ranks end identical, and with the randomness
     switched off they end where one process with the same total batch ends."""

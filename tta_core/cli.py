@@ -6,68 +6,32 @@
     tta-run RECIPE <verb> ...          more verbs (prepare, train, sample, eval) as they exist
 
 Exit codes: 0 success, 2 usage or recipe error, 1 runtime failure, 130 interrupted.
-Errors print one message; ``--debug`` adds the traceback. Commands and verbs are added with
-:func:`command` and :func:`verb`; both share the options in :func:`_common`.
+Errors print one message; ``--debug`` adds the traceback. The commands and verbs are those of
+this module and of the modules in :data:`COMMAND_MODULES`, each of which lists its own as
+``COMMANDS = [Command(...), Verb(...)]`` (tta_core.commands.base); all share the options in
+``common_options``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from types import ModuleType
 
 from . import __version__
+from .commands import data as _data, eval as _eval, importing as _importing, sample as _sample, train as _train
+from .commands.base import (Command, Verb, check_writable, common_options, load_plugins, load_recipe, number,
+                            recipe_options)
 from .errors import TtaError, UsageError
 
+__all__ = ["main", "run", "COMMANDS", "VERBS", "Command", "Verb", "number", "check_writable", "load_plugins",
+           "load_recipe"]
 
-@dataclass
-class _Command:
-    name: str
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
-
-
-COMMANDS: dict[str, _Command] = {}  # tta-run NAME ...
-VERBS: dict[str, _Command] = {}  # tta-run RECIPE NAME ...
-
-
-def command(name: str, help: str, add_arguments=lambda p: None):
-    """Register a top-level command ``tta-run NAME``; the function gets the parsed args."""
-    def deco(fn):
-        COMMANDS[name] = _Command(name, help, add_arguments, fn)
-        return fn
-    return deco
-
-
-def verb(name: str, help: str, add_arguments=lambda p: None):
-    """Register a recipe verb ``tta-run RECIPE NAME``; args.recipe is the loaded Recipe."""
-    def deco(fn):
-        VERBS[name] = _Command(name, help, add_arguments, fn)
-        return fn
-    return deco
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("common options")
-    group.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    group.add_argument(
-        "--strict-plugins", action="store_true",
-        default=os.environ.get("TTA_STRICT_PLUGINS", "") not in ("", "0"),
-        help="fail when any plugin fails to load (also TTA_STRICT_PLUGINS=1)",
-    )
-
-
-def _recipe_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-        help="override a recipe value (YAML-typed), e.g. --set train.vae.max_steps=10; repeatable",
-    )
+#: The modules whose ``COMMANDS`` lists make up tta-run, in the order ``tta-run --help`` shows them.
+COMMAND_MODULES: tuple[ModuleType, ...] = (_data, _eval, _importing, _sample, _train)
 
 
 def _overview() -> str:
@@ -89,12 +53,12 @@ def _overview() -> str:
     return "\n".join(lines)
 
 
-def _parser(prog: str, cmd: _Command, recipe: bool) -> argparse.ArgumentParser:
+def _parser(prog: str, cmd: Command, recipe: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=cmd.help)
     if recipe:
-        _recipe_options(parser)
+        recipe_options(parser)
     cmd.add_arguments(parser)
-    _common(parser)
+    common_options(parser)
     return parser
 
 
@@ -173,82 +137,6 @@ def run() -> None:
     sys.exit(main())
 
 
-# -- shared helpers for commands --------------------------------------------------------------
-
-
-def number(kind: type = int, *, min: float | None = None, max: float | None = None, above: float | None = None):
-    """An argparse ``type=`` for a finite number within bounds, checked as the command line is
-    read (before any model loads), with the recipe validator's wording: ``number(int, min=1)``."""
-    import math
-
-    from .recipe import Range
-
-    bounds = Range(min=min, max=max, above=above)
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-        problem = bounds.problem(value)
-        if problem:
-            raise argparse.ArgumentTypeError(problem)
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
-
-
-def check_writable(folder: str | os.PathLike, flag: str) -> None:
-    """Refuse a folder that cannot be written (or created), before any work is done; only a
-    probe file is made, and removed, in the nearest folder that exists."""
-    import tempfile
-
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{flag} {folder} is a file, not a folder")
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UsageError(f"{flag} {folder}: {probe} is a file, so the folder cannot be made")
-    try:
-        fd, name = tempfile.mkstemp(prefix=".tta-write-test-", dir=probe)
-        os.close(fd)
-        os.unlink(name)
-    except OSError as exc:
-        raise UsageError(f"{flag} {folder} cannot be written ({probe}: {exc.strerror or exc}); "
-                         f"choose another {flag}") from None
-
-
-def load_plugins(args: argparse.Namespace):
-    """The loaded plugins, reporting broken ones on stderr once per command (or failing, when
-    strict)."""
-    from .discovery import get_plugins
-
-    plugins = get_plugins(strict=args.strict_plugins)
-    if getattr(args, "plugins_reported", False):  # load_recipe and the verb both ask
-        return plugins
-    args.plugins_reported = True
-    for record in plugins.broken:
-        print(f"warning: plugin '{record.name}' ({record.value}) {record.status}", file=sys.stderr)
-        if args.debug and record.details:
-            print(record.details, file=sys.stderr)
-    return plugins
-
-
-def load_recipe(args: argparse.Namespace, validate: bool = True):
-    """The recipe named on the command line, with --set applied and (by default) validated."""
-    from .recipe import check, load_recipe as _load
-
-    recipe = _load(args.recipe_path, args.overrides)
-    if validate:
-        check(recipe, load_plugins(args).registry)
-    return recipe
-
-
 # -- built-in commands ------------------------------------------------------------------------
 
 
@@ -256,7 +144,6 @@ def _plugins_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
 
 
-@command("plugins", "list registered components with their plugin, version and status", _plugins_args)
 def _plugins(args: argparse.Namespace) -> int:
     from .discovery import get_plugins
 
@@ -298,7 +185,6 @@ def _show_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of YAML")
 
 
-@verb("show", "print the recipe after base: inheritance and --set overrides", _show_args)
 def _show(args: argparse.Namespace) -> int:
     recipe = load_recipe(args, validate=False)
     if args.json:
@@ -313,7 +199,6 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-@verb("validate", "check the recipe against the registered components (names, arguments, types)")
 def _validate(args: argparse.Namespace) -> int:
     recipe = load_recipe(args, validate=True)
     stages = recipe.get("train") or []
@@ -324,21 +209,37 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _import_commands() -> None:
-    import importlib
-    import pkgutil
+_CORE = [
+    Command("plugins", "list registered components with their plugin, version and status", _plugins, _plugins_args),
+    Verb("show", "print the recipe after base: inheritance and --set overrides", _show, _show_args),
+    Verb("validate", "check the recipe against the registered components (names, arguments, types)", _validate),
+]
 
-    from . import commands
 
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        importlib.import_module(f"{commands.__name__}.{info.name}")
+def _tables(modules: tuple[ModuleType, ...]) -> tuple[dict[str, Command], dict[str, Verb]]:
+    """(commands, verbs) by name, from this module's and each module's ``COMMANDS``; a name
+    given twice is an error that names both modules, never a silent replacement."""
+    commands: dict[str, Command] = {}
+    verbs: dict[str, Verb] = {}
+    origin: dict[tuple[bool, str], str] = {}
+    for module_name, listed in [(__name__, _CORE), *((m.__name__, m.COMMANDS) for m in modules)]:
+        for cmd in listed:
+            table = verbs if isinstance(cmd, Verb) else commands
+            key = (isinstance(cmd, Verb), cmd.name)
+            if key in origin:
+                raise RuntimeError(f"{'verb' if key[0] else 'command'} '{cmd.name}' is defined by both "
+                                   f"{origin[key]} and {module_name}")
+            origin[key] = module_name
+            table[cmd.name] = cmd
+    return commands, verbs
+
+
+COMMANDS, VERBS = _tables(COMMAND_MODULES)  # tta-run NAME ...; tta-run RECIPE NAME ...
 
 
 if __name__ == "__main__":
-    # `python -m tta_core.cli` (and accelerate/torchrun -m): run the imported module, where
-    # the command modules registered themselves, not this __main__ copy.
+    # `python -m tta_core.cli` (and accelerate/torchrun -m): run the imported module, so that
+    # the process holds one copy of the command tables (and of what the commands import).
     from tta_core.cli import run as _run
 
     _run()
-else:
-    _import_commands()

@@ -16,6 +16,7 @@ the command (``tta-run plugins --json`` and ``show --json`` are read by programs
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import traceback
@@ -184,8 +185,10 @@ def _register(manager: pluggy.PluginManager, registry: Registry, record: PluginR
         registry.unavailable[record.name] = "unsupported tta version"
         return
 
-    def register(kind: str, name: str, factory: Any) -> None:
+    def register(kind: str, name: str, factory: Any, *, default: bool = False) -> None:
         entry = registry.check_new(kind, name, factory, origin)
+        if default:
+            entry = dataclasses.replace(entry, default=True)
         if any(e.kind == kind and e.name == name for e in staged):
             raise ValueError(f"{kind} '{name}' is registered twice by {origin.describe()}")
         staged.append(entry)

@@ -29,6 +29,11 @@ def tta_register(register):
     (torch, transformers, ...) inside factories or behind such strings, so that listing
     plugins stays fast.
 
+    ``register(kind, name, factory, default=True)`` also offers the component as its kind's
+    default: what a command uses when neither the recipe nor the command line names one
+    (``tta-run eval`` comparing two folders without a recipe takes the default embedder). A
+    kind with no default, or with defaults from several plugins, makes the user choose.
+
     A plugin's registrations are added together: if one of them fails (an unknown kind, a
     name another plugin already has), none of them is, and the plugin is reported broken.
     What the plugin prints while it is imported and registers (and what a factory module

@@ -196,12 +196,11 @@ def write_run(out: str | os.PathLike, imported: Imported, *, registry: Any, fmt:
     """Check the weights against the recipe's components and write the run directory
     (see the module docstring). Returns the recipe file's path."""
     from .recipe import check
-    from .sampling import audio_config
 
     out = Path(out)
     recipe = imported.recipe
     check(recipe, registry)
-    audio = audio_config(recipe)
+    audio = recipe.audio
     backup = None
     if out.exists() and any(out.iterdir()):
         if not force:

@@ -19,23 +19,125 @@ A plugin module may declare the tta versions it supports, as a PEP 440 specifier
 Under another tta version it is not loaded: ``tta-run plugins`` lists it as
 ``broken: unsupported tta version: ...`` and every other plugin keeps working. Declare the
 same range in your distribution's dependencies (``tta>=0.1,<0.2``) so pip agrees.
+
+What is here, by kind (the contracts' docstrings give the shapes):
+
+every plugin
+    ``hookimpl``, ``KINDS``, ``build_component`` (a registered component from a recipe-style
+    node), ``import_inner_package``; the errors a user can cause: ``TtaError``,
+    ``UsageError``, ``RecipeError``, ``CheckpointError``, ``DataError``, and ``closest`` (the
+    "did you mean" of an error message); factory-argument annotations the recipe validator
+    checks: ``Component``, ``Ref``, ``Range``.
+conditioner, autoencoder, denoiser, vocoder, embedder
+    the contracts ``Conditioner``, ``Autoencoder``, ``Denoiser``, ``Vocoder``, ``Embedder``
+    and the value ``Conditioning``; audio settings ``AudioConfig``, ``MelConfig`` and the
+    training mel ``log_mel``, ``LogMel``, ``mel_filterbank`` (a vocoder or embedder that
+    must see the mel the models were trained on); weights: ``load_state`` (with a message
+    naming missing and unexpected keys), ``torch_load`` (``weights_only``, no pickled code).
+process, sampler
+    ``Process``, ``Sampler``, ``DenoiseFn``, ``TrainingPair``; the built-in processes and
+    samplers to compose with: ``VPDiscrete``, ``VDiffusion``, ``RectifiedFlow``, ``DDPM``,
+    ``DDIM``, ``VSampler``; ``initial_noise`` and ``start_scale`` (where a schedule starts).
+objective
+    ``Objective``, ``StageContext``; ``training_dataset`` (the stage's examples: cached mels
+    and/or waves, cropped as the stage says) and ``collate``; ``channels_problem`` and
+    ``with_channels`` (audio channels against what an autoencoder takes); for ``validate``:
+    ``write_audio``, ``save_spectrogram``.
+dataset
+    ``Collector``, ``Item``, ``ItemSet``, ``resolve_path`` (see docs/data.md).
+importer
+    ``Imported``, ``read_tensors`` (.ckpt/.pt/.safetensors without running code in them),
+    ``state_dict_of``, ``under``, ``find_prefix``, ``shipped_recipe``; recipes:
+    ``Recipe``, ``load_recipe``, ``apply_override``, ``load_yaml``, ``build``,
+    ``component_kind``, ``resolve_roles``, ``audio_config``.
+
+Importing this module stays light (no torch): names whose modules need torch are imported
+on first use, so ``from tta_core.plugin import collate`` inside a factory costs nothing until
+then.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from .data.config import AudioConfig, MelConfig
 from .data.items import Collector, Item, ItemSet, resolve_path
-from .errors import DataError, TtaError, UsageError
-from .interfaces import Autoencoder, Conditioner, Conditioning, Denoiser, Embedder, Process, Sampler, Vocoder
-from .recipe import Component, Range, Ref
+from .errors import CheckpointError, DataError, RecipeError, TtaError, UsageError, closest
+from .interfaces import (Autoencoder, Conditioner, Conditioning, Denoiser, DenoiseFn, Embedder, Process, Sampler,
+                         Vocoder)
+from .recipe import Component, Range, Recipe, Ref, apply_override, build, component_kind, load_recipe
 from .registry import KINDS
+from .yamlio import load_yaml
+
+#: Names imported on first use (PEP 562), so that importing this module, which loading any
+#: plugin does (``tta-run plugins`` included), never imports torch: name -> "module:attribute".
+_LAZY = {
+    "Objective": "tta_core.training.objective:Objective",
+    "StageContext": "tta_core.training.objective:StageContext",
+    "training_dataset": "tta_core.training.datasets:training_dataset",
+    "collate": "tta_core.data.dataset:collate",
+    "channels_problem": "tta_core.data.audio:channels_problem",
+    "with_channels": "tta_core.data.audio:with_channels",
+    "log_mel": "tta_core.data.mel:log_mel",
+    "LogMel": "tta_core.data.mel:LogMel",
+    "mel_filterbank": "tta_core.data.mel:mel_filterbank",
+    "Imported": "tta_core.importing:Imported",
+    "read_tensors": "tta_core.importing:read_tensors",
+    "state_dict_of": "tta_core.importing:state_dict_of",
+    "under": "tta_core.importing:under",
+    "find_prefix": "tta_core.importing:find_prefix",
+    "shipped_recipe": "tta_core.importing:shipped_recipe",
+    "load_state": "tta_core.checkpoint:load_state",
+    "torch_load": "tta_core.checkpoint:torch_load",
+    "resolve_roles": "tta_core.roles:resolve_roles",
+    "audio_config": "tta_core.sampling:audio_config",
+    "save_spectrogram": "tta_core.media:save_spectrogram",
+    "write_audio": "tta_core.media:write_audio",
+    "TrainingPair": "tta_core.diffusion:TrainingPair",
+    "VPDiscrete": "tta_core.diffusion:VPDiscrete",
+    "VDiffusion": "tta_core.diffusion:VDiffusion",
+    "DDPM": "tta_core.diffusion:DDPM",
+    "DDIM": "tta_core.diffusion:DDIM",
+    "VSampler": "tta_core.diffusion:VSampler",
+    "RectifiedFlow": "tta_core.diffusion:RectifiedFlow",
+    "initial_noise": "tta_core.diffusion:initial_noise",
+    "start_scale": "tta_core.diffusion:start_scale",
+}
+
+if TYPE_CHECKING:  # what type checkers and editors see of the names above
+    from .checkpoint import load_state, torch_load
+    from .data.audio import channels_problem, with_channels
+    from .data.dataset import collate
+    from .data.mel import LogMel, log_mel, mel_filterbank
+    from .diffusion import (DDIM, DDPM, RectifiedFlow, TrainingPair, VDiffusion, VPDiscrete, VSampler, initial_noise,
+                            start_scale)
+    from .importing import Imported, find_prefix, read_tensors, shipped_recipe, state_dict_of, under
+    from .media import save_spectrogram, write_audio
+    from .roles import resolve_roles
+    from .sampling import audio_config
+    from .training.datasets import training_dataset
+    from .training.objective import Objective, StageContext
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, _, attribute = target.partition(":")
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def build_component(kind: str, node: dict) -> Any:
@@ -44,9 +146,6 @@ def build_component(kind: str, node: dict) -> Any:
     What the factory raises reaches the caller as it is (a plugin's tests can expect its
     ValueError); the command line reports it naming the component instead."""
     from .discovery import get_registry
-    from .recipe import build
-
-    from .errors import RecipeError
 
     registry = get_registry()
     if not isinstance(node, dict) or "type" not in node:
@@ -96,9 +195,24 @@ def import_inner_package(package: str, inner: str, *, missing: str) -> ModuleTyp
 hookimpl = pluggy.HookimplMarker("tta")
 
 __all__ = [
-    "hookimpl", "KINDS", "TtaError", "UsageError", "build_component", "import_inner_package",
-    "Conditioning", "Conditioner", "Autoencoder", "Denoiser", "Process", "Sampler", "Vocoder", "Embedder",
+    # every plugin
+    "hookimpl", "KINDS", "build_component", "import_inner_package",
+    "TtaError", "UsageError", "RecipeError", "CheckpointError", "DataError", "closest",
     "Component", "Ref", "Range",  # annotations of factory arguments the recipe validator checks
-    # for dataset readers: build an ItemSet row by row under the bad-row rules (docs/data.md)
-    "Collector", "Item", "ItemSet", "resolve_path", "DataError",
+    # the contracts
+    "Conditioning", "Conditioner", "Autoencoder", "Denoiser", "Process", "Sampler", "Vocoder", "Embedder",
+    "DenoiseFn", "TrainingPair", "Objective", "StageContext",
+    # audio, mels and weights
+    "AudioConfig", "MelConfig", "log_mel", "LogMel", "mel_filterbank", "channels_problem", "with_channels",
+    "load_state", "torch_load", "write_audio", "save_spectrogram",
+    # built-in processes and samplers, to compose with
+    "VPDiscrete", "VDiffusion", "RectifiedFlow", "DDPM", "DDIM", "VSampler", "initial_noise", "start_scale",
+    # objectives: the stage's examples
+    "training_dataset", "collate",
+    # dataset readers: build an ItemSet row by row under the bad-row rules (docs/data.md)
+    "Collector", "Item", "ItemSet", "resolve_path",
+    # importers and recipes
+    "Imported", "read_tensors", "state_dict_of", "under", "find_prefix", "shipped_recipe",
+    "Recipe", "load_recipe", "apply_override", "load_yaml", "build", "component_kind",
+    "resolve_roles", "audio_config",
 ]

@@ -11,12 +11,14 @@ Sections (anything else at the top level is an error):
 - ``base``: a recipe this one extends (path relative to this file). Mappings merge deeply,
   lists and scalars are replaced, and a component node whose ``type`` changes is replaced
   whole (the old type's kwargs would not fit the new one).
-- ``audio``, ``data``, ``components``, ``train``, ``sample``, ``eval``: see ``SECTIONS``.
+- ``audio``, ``data``, ``components``, ``train``, ``sample``, ``eval``: see :func:`sections`.
 """
 
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
+import functools
 import inspect
 import math
 import os
@@ -103,25 +105,16 @@ Positive = typing.Annotated[float, Range(above=0)]
 Fraction = typing.Annotated[float, Range(0, 1)]
 
 #: The keys of each section and their types. Later layers add their keys here, so that a
-#: typo is an error rather than a silently ignored setting.
-SECTIONS: dict[str, Any] = {
+#: typo is an error rather than a silently ignored setting. ``audio`` and ``train`` are
+#: derived from the dataclasses that read them (AudioConfig, StageConfig): see :func:`sections`.
+_SECTIONS: dict[str, Any] = {
     "name": str,
     "description": str,
     "run_dir": str,  # relative to the recipe file's folder; default runs/<name>
-    # tta_core.data.config.AudioConfig reads this section; a test keeps the two in step.
-    "audio": {
-        "sample_rate": at_least(1),
-        "duration": Positive,
-        "min_duration": at_least(0, float),
-        "normalize": bool,
-        "channels": at_least(1),
-        "on_bad_item": typing.Literal["skip", "fail"],
-        "mel": {"n_fft": at_least(1), "hop": at_least(1), "win": at_least(1), "n_mels": at_least(1),
-                "fmin": at_least(0, float), "fmax": Positive},
-    },
+    "audio": None,  # the fields of tta_core.data.config.AudioConfig
     "data": dict[str, Component("dataset")],
     "components": "components",  # validated by _check_components
-    "train": "train",  # a list of STAGE_FIELDS mappings
+    "train": "train",  # a list of tta_core.training.stage.StageConfig mappings
     "sample": {
         "sampler": Component("sampler"),
         "steps": at_least(1),
@@ -147,36 +140,63 @@ SECTIONS: dict[str, Any] = {
     },
 }
 
-_BETA = typing.Annotated[float, Range(0, 1)]
-_OPTIMIZER = {"type": typing.Literal["adamw", "adam", "sgd"], "lr": Positive, "betas": tuple[_BETA, _BETA],
-              "weight_decay": at_least(0, float), "eps": Positive, "momentum": at_least(0, float)}
 
-STAGE_FIELDS: dict[str, Any] = {
-    "name": str,
-    "objective": Component("objective"),
-    "trains": list[Ref(*KINDS)],
-    "frozen": list[Ref(*KINDS)],
-    "init_from": str,
-    "max_steps": at_least(0),  # 0: the starting weights, written as step 0
-    "batch_size": at_least(1),
-    "duration": Positive,  # seconds per training example in this stage (default: audio.duration)
-    "grad_accum": at_least(1),
-    "grad_clip": typing.Optional[Positive],
-    "precision": typing.Literal["auto", "fp32", "bf16", "fp16"],
-    "seed": at_least(0),
-    "optimizer": _OPTIMIZER,
-    "optimizers": dict[str, dict],  # per-optimizer overrides (checked against _OPTIMIZER) of optimizer:, by the objective's names
-    "lr_schedule": {"type": typing.Literal["constant", "cosine", "linear"], "warmup_steps": at_least(0),
-                    "min_lr_ratio": Fraction},
-    "ema": {"beta": Fraction, "update_after_step": at_least(0), "update_every": at_least(1), "power": Positive},
-    "checkpoint_every": at_least(1),
-    "validate_every": at_least(0),  # 0: no validation
-    "keep_last": at_least(1),
-    "milestones": list[at_least(1)],
-    "max_nonfinite": at_least(1),
-    "num_workers": at_least(0),
-    "log_every": at_least(1),
-}
+class Fields(dict):
+    """The validator's spec of a dataclass: field name -> annotation (a nested dataclass is a
+    nested Fields). ``nullable``: the mapping may be null (``ema: null`` turns a base
+    recipe's EMA off)."""
+
+    def __init__(self, items: Mapping[str, Any], nullable: bool = False):
+        super().__init__(items)
+        self.nullable = nullable
+
+
+def fields_spec(cls: type, nullable: bool = False) -> Fields:
+    """The recipe schema of dataclass ``cls``, read from its fields' annotations: ranges come
+    from ``Annotated[..., Range(...)]``, names of components from ``Component``/``Ref``; a
+    field that is a dataclass (or ``X | None``, or ``Mapping[str, X]`` of one) is a nested
+    mapping. So the dataclass that reads a section is the one place its keys are written."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return Fields({f.name: _field_spec(hints[f.name]) for f in dataclasses.fields(cls)}, nullable)
+
+
+def _field_spec(ann: Any) -> Any:
+    if dataclasses.is_dataclass(ann):
+        return fields_spec(ann)
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin in _UNIONS and len(args) == 2 and type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        if dataclasses.is_dataclass(inner):
+            return fields_spec(inner, nullable=True)
+    if origin in _MAPPINGS and len(args) == 2 and dataclasses.is_dataclass(args[1]):
+        return dict[args[0], fields_spec(args[1])]
+    return ann
+
+
+@functools.cache
+def sections() -> dict[str, Any]:
+    """The keys of each section and their types (imports the dataclasses on first use: they
+    import this module's annotations)."""
+    from .data.config import AudioConfig
+
+    return {**_SECTIONS, "audio": fields_spec(AudioConfig)}
+
+
+@functools.cache
+def stage_fields() -> Fields:
+    """The keys of one ``train:`` stage and their types: StageConfig's fields."""
+    from .training.stage import StageConfig
+
+    return fields_spec(StageConfig)
+
+
+def __getattr__(name: str) -> Any:
+    # built on first use, not at import: the dataclasses they come from import this module
+    if name == "SECTIONS":
+        return sections()
+    if name == "STAGE_FIELDS":
+        return stage_fields()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -211,6 +231,28 @@ class Recipe:
     @property
     def components(self) -> Node:
         return self.data.get("components") or Node()
+
+    @property
+    def audio(self) -> Any:
+        """The ``audio:`` section as a tta_core.data.config.AudioConfig (RecipeError when its
+        values cannot work). Built once, and again only when the section changes."""
+        from .data.config import AudioConfig
+
+        section = to_plain(self.data.get("audio"))
+        cached = self.__dict__.get("_audio")
+        if cached is None or cached[0] != section:
+            cached = self.__dict__["_audio"] = (section, AudioConfig.from_mapping(section))
+        return cached[1]
+
+    @property
+    def run_dir(self) -> Path:
+        """Where the recipe's runs go: its ``run_dir:`` (a relative one is taken from the recipe
+        file's folder, so a run directory can hold its own recipe), else ``runs/<name>``."""
+        value = self.data.get("run_dir")
+        if value:
+            path = Path(value).expanduser()
+            return path if path.is_absolute() else self.path.parent / path
+        return Path("runs") / self.name
 
     def to_dict(self) -> dict:
         return to_plain(self.data)
@@ -370,17 +412,17 @@ class _Validator:
     def run(self) -> list[RecipeIssue]:
         data = self.recipe.data
         for key in data:
-            if key not in SECTIONS:
-                hint = closest(str(key), SECTIONS)
+            if key not in _SECTIONS:
+                hint = closest(str(key), _SECTIONS)
                 self.add(
                     data.loc_of(key),
                     f"unknown section '{key}'" + (f"; did you mean '{hint}'?" if hint else "")
-                    + f" Sections: {', '.join(SECTIONS)}.",
+                    + f" Sections: {', '.join(_SECTIONS)}.",
                 )
         components = data.get("components")
         if components is not None:
             self._check_components(components, data.loc_of("components"))
-        for key, spec in SECTIONS.items():
+        for key, spec in sections().items():
             if key not in data or key == "components":
                 continue
             if spec == "train":
@@ -421,16 +463,13 @@ class _Validator:
                 names[name] = where
             if "objective" not in stage:
                 self.add(where, f"stage '{name}' needs an objective: {{type: ...}}")
-            self.check_value(stage, STAGE_FIELDS, where, f"train.{name or i}")
-            overrides = stage.get("optimizers")
-            for key, node in overrides.items() if isinstance(overrides, dict) else ():
-                self.check_value(node, _OPTIMIZER, _loc_in(overrides, key, where), f"train.{name or i}.optimizers.{key}")
+            self.check_value(stage, stage_fields(), where, f"train.{name or i}")
 
     # one value against a spec -------------------------------------------------------------
     def check_value(self, value: Any, spec: Any, loc: Loc | None, path: str) -> None:
         """Check ``value`` against ``spec`` (a type annotation, or a dict of key specs)."""
         if isinstance(spec, dict):
-            if value is None and spec is STAGE_FIELDS["ema"]:  # ema: null turns a base recipe's EMA off
+            if value is None and getattr(spec, "nullable", False):
                 return
             if not isinstance(value, dict):
                 self.add(loc, f"'{path}' must be a mapping, got {_show(value)}")

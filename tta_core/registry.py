@@ -54,6 +54,7 @@ class Entry:
     name: str
     target: Any = field(repr=False)  # a callable, or "module:attr" resolved by load()
     origin: Origin
+    default: bool = False  # the plugin offers it as its kind's default (Registry.default)
 
     def load(self) -> Callable[..., Any]:
         """The factory itself, importing it first when it was registered by path."""
@@ -123,6 +124,13 @@ class Registry:
     def entries(self, kind: str | None = None) -> list[Entry]:
         kinds = [kind] if kind else list(KINDS)
         return [self._entries[k][n] for k in kinds for n in sorted(self._entries[k])]
+
+    def default(self, kind: str) -> str | None:
+        """The name of the component a command uses for ``kind`` when neither the recipe nor
+        the command line names one: the one a plugin registered with ``default=True``. None
+        when no plugin offers one, or when several do (the user then has to choose)."""
+        offered = [name for name, entry in self._entries[kind].items() if entry.default]
+        return offered[0] if len(offered) == 1 else None
 
     def has(self, kind: str, name: str) -> bool:
         return name in self._entries.get(kind, {})

@@ -50,18 +50,11 @@ def stages_training(recipe: Any, name: str) -> list[str]:
 
 
 def default_run_dir(recipe: Any) -> Path:
-    """The recipe's ``run_dir:`` (a relative one is taken from the recipe file's folder, so a
-    run directory can hold its own recipe), else ``runs/<recipe name>``. ``recipe`` is a
-    Recipe, or a recipe name."""
+    """Where a recipe's runs go: ``Recipe.run_dir`` (its ``run_dir:``, else ``runs/<name>``).
+    ``recipe`` is a Recipe, or a recipe name."""
     if isinstance(recipe, str):
         return Path("runs") / recipe
-    value = recipe.get("run_dir")
-    if value:
-        path = Path(value).expanduser()
-        if not path.is_absolute() and getattr(recipe, "path", None):
-            path = Path(recipe.path).parent / path
-        return path
-    return Path("runs") / recipe.name
+    return recipe.run_dir
 
 
 def weights_file(component: str, ema: bool = False) -> str:

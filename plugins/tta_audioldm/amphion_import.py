@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from tta_core.errors import UsageError
+from tta_core.plugin import UsageError
 
 #: Amphion's ``num_heads`` (config/audioldm.json): the weights do not hold it.
 AMPHION_HEADS = 8
@@ -34,7 +34,7 @@ def _read(path: Path) -> tuple[str, Any]:
     """(what the file is, its state dict or config)."""
     import torch
 
-    from tta_core.importing import read_tensors
+    from tta_core.plugin import read_tensors
 
     if path.suffix == ".json":
         try:
@@ -83,9 +83,7 @@ class AmphionImporter:
 
         import torch
 
-        from tta_core.importing import Imported, shipped_recipe
-        from tta_core.recipe import load_recipe
-        from tta_core.sampling import resolve_roles
+        from tta_core.plugin import Imported, load_recipe, resolve_roles, shipped_recipe
 
         from . import ldm_layout as L
 

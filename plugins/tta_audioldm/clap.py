@@ -56,9 +56,7 @@ from typing import Iterator, Literal, Mapping
 import torch
 import torch.nn.functional as F
 
-from tta_core.errors import CheckpointError, TtaError, closest
-from tta_core.interfaces import Conditioning
-from tta_core.plugin import import_inner_package
+from tta_core.plugin import CheckpointError, Conditioning, TtaError, closest, import_inner_package
 
 from .pretrained import check_tokenizer
 
@@ -153,7 +151,7 @@ class CLAPConditioner(torch.nn.Module):
     # -- weights ---------------------------------------------------------------------------------
     def load_pretrained(self, path: str) -> None:
         """Load a laion-clap checkpoint into the model, strictly; nothing changes on an error."""
-        from tta_core.checkpoint import load_state, torch_load
+        from tta_core.plugin import load_state, torch_load
 
         if not Path(path).is_file():
             raise CheckpointError(f"clap: no checkpoint at {path}: download a laion-clap checkpoint (e.g. "

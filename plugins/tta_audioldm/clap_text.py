@@ -24,8 +24,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
-from tta_core.errors import TtaError
-from tta_core.interfaces import Conditioning
+from tta_core.plugin import Conditioning, TtaError
 
 from .pretrained import check_tokenizer
 

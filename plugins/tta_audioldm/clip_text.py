@@ -49,8 +49,7 @@ from typing import Any, Mapping
 
 import torch
 
-from tta_core.errors import TtaError, closest
-from tta_core.interfaces import Conditioning
+from tta_core.plugin import Conditioning, TtaError, closest
 
 from .pretrained import check_tokenizer
 from .t5 import ByteTokenizer, WordHashTokenizer

@@ -40,7 +40,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from tta_core.errors import UsageError
+from tta_core.plugin import UsageError
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "vocoder", "scheduler")
 _BETAS = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
@@ -56,7 +56,7 @@ def _config(folder: Path, part: str, name: str = "config.json") -> dict:
 
 
 def _weights(folder: Path, part: str) -> tuple[dict, str]:
-    from tta_core.importing import read_tensors, state_dict_of
+    from tta_core.plugin import read_tensors, state_dict_of
 
     files = sorted((folder / part).glob("*.safetensors")) or sorted((folder / part).glob("*.bin"))
     if not files:
@@ -80,8 +80,7 @@ def _recipe(*, name: str, origin: str, rate: int, hop: int, n_mels: int, duratio
     LDM stage, DDIM 200 steps at guidance 2.5 (the original's defaults); ``--set`` applied.
     ``audio.min_duration`` (unless ``--set``) is at most the duration, so a short model's
     recipe is valid too."""
-    from tta_core.recipe import Recipe, apply_override
-    from tta_core.yamlio import load_yaml
+    from tta_core.plugin import Recipe, apply_override, load_yaml
 
     data = {
         "name": name,
@@ -245,7 +244,7 @@ class DiffusersImporter:
                  registry: Any) -> Any:
         import torch
 
-        from tta_core.importing import Imported
+        from tta_core.plugin import Imported
 
         if len(sources) != 1 or not Path(sources[0]).is_dir():
             raise UsageError("audioldm-diffusers takes one folder: the pipeline's (save_pretrained or a hub snapshot)")
@@ -317,7 +316,7 @@ class CkptImporter:
                  registry: Any) -> Any:
         import torch
 
-        from tta_core.importing import Imported, read_tensors, state_dict_of, under
+        from tta_core.plugin import Imported, read_tensors, state_dict_of, under
 
         from . import ldm_layout as L
         from .vocoders import AUDIOLDM_HIFIGAN

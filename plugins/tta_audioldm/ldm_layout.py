@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from tta_core.errors import UsageError
+from tta_core.plugin import UsageError
 
 
 def _int_keys(state: Mapping[str, Any], pattern: str) -> list[int]:

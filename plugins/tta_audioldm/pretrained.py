@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from tta_core.errors import TtaError
+from tta_core.plugin import TtaError
 
 #: The files a transformers tokenizer folder needs (one of the vocabularies, plus its config).
 TOKENIZER_FILES = "tokenizer.json, or spiece.model / vocab.json + merges.txt, with tokenizer_config.json"

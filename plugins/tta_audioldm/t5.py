@@ -25,8 +25,7 @@ from typing import Any, Mapping
 
 import torch
 
-from tta_core.errors import TtaError
-from tta_core.interfaces import Conditioning
+from tta_core.plugin import Conditioning, TtaError
 
 from .pretrained import check_tokenizer
 

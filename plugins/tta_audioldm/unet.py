@@ -33,7 +33,7 @@ from typing import Sequence
 
 import torch
 
-from tta_core.interfaces import Conditioning
+from tta_core.plugin import Conditioning
 
 
 class UNet2D(torch.nn.Module):

@@ -76,12 +76,12 @@ class VAEGAN:
         self.logvar_mod = ctx.components["vae_logvar"]
 
     def train_dataset(self, ctx) -> Any:
-        from tta_core.training.datasets import training_dataset
+        from tta_core.plugin import training_dataset
 
         return training_dataset(ctx, mel=True)
 
     def collate(self, items):
-        from tta_core.data.dataset import collate
+        from tta_core.plugin import collate
 
         return collate(items)
 
@@ -124,11 +124,7 @@ class VAEGAN:
         """Reconstruct a few training clips (evaluation crops): original and reconstruction
         side by side as spectrogram PNGs, plus WAVs through the recipe's vocoder when it
         has one. Returns the mean L1 of the reconstructed mels."""
-        import soundfile
-
-        from tta_core.commands.sample import save_spectrogram
-        from tta_core.data.dataset import collate
-        from tta_core.training.datasets import training_dataset
+        from tta_core.plugin import collate, save_spectrogram, training_dataset, write_audio
 
         data = training_dataset(ctx, mel=True, train=False)
         batch = collate([data[i] for i in range(min(4, len(data)))])
@@ -147,8 +143,8 @@ class VAEGAN:
         if vocoder is not None:
             for i, (a, b) in enumerate(zip(vocoder(mel.float()).cpu(), vocoder(recon.float()).cpu())):
                 rate = int(vocoder.sample_rate)
-                soundfile.write(out_dir / f"{i:02d}-original.wav", a.clamp(-1, 1).numpy(), rate, subtype="PCM_16")
-                soundfile.write(out_dir / f"{i:02d}-reconstruction.wav", b.clamp(-1, 1).numpy(), rate, subtype="PCM_16")
+                write_audio(out_dir / f"{i:02d}-original.wav", a, rate)
+                write_audio(out_dir / f"{i:02d}-reconstruction.wav", b, rate)
                 save_spectrogram(out_dir / f"{i:02d}-reconstruction.png", b, rate, ctx.audio,
                                  f"reconstruction of {batch['id'][i]}")
         return {"mel_l1": float((recon - mel).abs().mean())}

@@ -12,14 +12,13 @@ from typing import Any, Mapping
 
 import torch
 
-from tta_core.errors import TtaError
+from tta_core.plugin import TtaError
 
 
 class GriffinLim(torch.nn.Module):
     def __init__(self, n_iter: int = 32, momentum: float = 0.99, audio=None):
         super().__init__()
-        from tta_core.data.config import AudioConfig
-        from tta_core.data.mel import mel_filterbank
+        from tta_core.plugin import AudioConfig, mel_filterbank
 
         self.audio = audio if audio is not None else AudioConfig()
         m = self.audio.mel

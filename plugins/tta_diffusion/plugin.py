@@ -13,6 +13,7 @@ _SAMPLERS = "tta_core.diffusion.samplers"
 def tta_register(register):
     register("process", "vp_discrete", f"{_PROCESSES}:VPDiscrete")
     register("process", "v_diffusion", f"{_PROCESSES}:VDiffusion")
+    register("process", "rectified_flow", f"{_PROCESSES}:RectifiedFlow")
     register("sampler", "ddpm", f"{_SAMPLERS}:DDPM")
     register("sampler", "ddim", f"{_SAMPLERS}:DDIM")
     register("sampler", "vsampler", f"{_SAMPLERS}:VSampler")

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import torch
 
-from tta_core.errors import CheckpointError, TtaError, UsageError
+from tta_core.plugin import CheckpointError, TtaError, UsageError
 
 #: How a caller brings audio to an embedder's rate: torchaudio.functional.resample with its
 #: defaults (a Hann-windowed sinc, not Kaiser). Part of every embedder's settings().

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from tta_core.data.config import AudioConfig, MelConfig
-from tta_core.data.mel import LogMel
+from tta_core.plugin import AudioConfig, LogMel, MelConfig
 
 from ._common import MONO, RESAMPLER, FrozenEmbedder, check_wave
 

@@ -56,9 +56,7 @@ from typing import Literal, Mapping
 
 import torch
 
-from tta_core.checkpoint import load_state
-from tta_core.errors import CheckpointError
-from tta_core.plugin import import_inner_package
+from tta_core.plugin import CheckpointError, import_inner_package, load_state
 
 from ._common import MONO, RESAMPLER, FrozenEmbedder, check_wave, choose_weights, seeded, weights_setting
 
@@ -112,7 +110,7 @@ class PANNs(FrozenEmbedder):
         self.freeze(device)
 
     def _load(self, file: Path) -> None:
-        from tta_core.importing import read_tensors
+        from tta_core.plugin import read_tensors
 
         raw = read_tensors(file)
         state = raw.get("model", raw) if isinstance(raw, Mapping) else raw

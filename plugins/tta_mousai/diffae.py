@@ -111,7 +111,7 @@ class DiffAE(RebuildOnCopy, torch.nn.Module):
         v-diffusion loss of the decoder on ``wave`` [B, in_channels, N], conditioned on the
         wave's own latent, so encoder and decoder learn together. Called through the module
         (not a method) so distributed training synchronises its gradients."""
-        from tta_core.diffusion import VDiffusion
+        from tta_core.plugin import VDiffusion
 
         target = self.latent_shape(wave.shape[-1])[1] * self.latent_factor
         if wave.shape[-1] < target:
@@ -125,7 +125,7 @@ class DiffAE(RebuildOnCopy, torch.nn.Module):
         """latent [B, C, L] -> wave [B, in_channels, L * r], sampled with ``sampler`` (a tta
         sampler; default ``vsampler``) in ``steps`` steps (default ``decode_steps``) of
         v-diffusion, from noise drawn with ``generator``."""
-        from tta_core.diffusion import VDiffusion, VSampler
+        from tta_core.plugin import VDiffusion, VSampler
 
         process = VDiffusion()
         sampler = VSampler() if sampler is None else sampler

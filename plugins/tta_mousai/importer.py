@@ -21,14 +21,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from tta_core.errors import UsageError
+from tta_core.plugin import UsageError
 
 _SKIP = ("diffusion", "sampler", "online_model")  # the reference's duplicate references to its net
 
 
 def prefixes(state: dict, expected: list[str]) -> list[str]:
     """Prefixes under which ``state`` holds every ``expected`` key, the EMA copy first."""
-    from tta_core.importing import find_prefix
+    from tta_core.plugin import find_prefix
 
     first = expected[0]
     found = {key[: -len(first)] for key in state if key.endswith(first)
@@ -49,9 +49,8 @@ class BirdsImporter:
                  registry: Any) -> Any:
         import torch
 
-        from tta_core.importing import Imported, read_tensors, shipped_recipe, state_dict_of, under
-        from tta_core.recipe import build, component_kind, load_recipe
-        from tta_core.sampling import audio_config, resolve_roles
+        from tta_core.plugin import (Imported, audio_config, build, component_kind, load_recipe, read_tensors,
+                                     resolve_roles, shipped_recipe, state_dict_of, under)
 
         if not sources or len(sources) > 2:
             raise UsageError("diffae-birds takes one or two files: the DiffAE's checkpoint and/or the DiffGen's")

@@ -7,8 +7,7 @@ from typing import Any
 
 import torch
 
-from tta_core.data.audio import channels_problem, with_channels
-from tta_core.errors import UsageError
+from tta_core.plugin import UsageError, channels_problem, with_channels
 
 
 class DiffAETraining:
@@ -28,12 +27,12 @@ class DiffAETraining:
         self.ae = ctx.components[self.name]  # wrapped when distributed: call it, do not reach inside
 
     def train_dataset(self, ctx: Any) -> Any:
-        from tta_core.training.datasets import training_dataset
+        from tta_core.plugin import training_dataset
 
         return training_dataset(ctx, mel=False, wave=True)
 
     def collate(self, items):
-        from tta_core.data.dataset import collate
+        from tta_core.plugin import collate
 
         return collate(items)
 
@@ -47,11 +46,7 @@ class DiffAETraining:
     def validate(self, ctx: Any, out_dir: Any) -> dict:
         """Reconstruct a few training clips (evaluation crops) with the current (EMA, when
         kept) weights: original and reconstruction WAVs, and the reconstruction's spectrogram."""
-        import soundfile
-
-        from tta_core.commands.sample import save_spectrogram
-        from tta_core.data.dataset import collate
-        from tta_core.training.datasets import training_dataset
+        from tta_core.plugin import collate, save_spectrogram, training_dataset, write_audio
 
         data = training_dataset(ctx, mel=False, wave=True, train=False)
         batch = collate([data[i] for i in range(min(self.validate_clips, len(data)))])
@@ -69,8 +64,8 @@ class DiffAETraining:
         out_dir.mkdir(parents=True, exist_ok=True)
         rate = ctx.audio.sample_rate
         for i, (a, b) in enumerate(zip(wave.cpu(), recon.float().cpu())):  # [C, N] each
-            soundfile.write(out_dir / f"{i:02d}-original.wav", a.clamp(-1, 1).T.numpy(), rate, subtype="PCM_16")
-            soundfile.write(out_dir / f"{i:02d}-reconstruction.wav", b.clamp(-1, 1).T.numpy(), rate, subtype="PCM_16")
-            save_spectrogram(out_dir / f"{i:02d}-reconstruction.png", b.mean(0), rate, ctx.audio,
+            write_audio(out_dir / f"{i:02d}-original.wav", a, rate)
+            write_audio(out_dir / f"{i:02d}-reconstruction.wav", b, rate)
+            save_spectrogram(out_dir / f"{i:02d}-reconstruction.png", b, rate, ctx.audio,
                              f"reconstruction of {batch['id'][i]}")
         return {"wave_l1": float((recon - wave).abs().mean())}

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from tta_core.interfaces import Conditioning
+from tta_core.plugin import Conditioning
 
 from .rebuild import RebuildOnCopy
 

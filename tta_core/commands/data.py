@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..cli import check_writable, command, load_plugins, load_recipe, number, verb
+from .base import Command, Verb, check_writable, load_plugins, load_recipe, number, run_dir
 from ..errors import UsageError
 
 
@@ -22,7 +22,6 @@ def _synth_args(p: argparse.ArgumentParser) -> None:
                    help="replace a set already in --out (its manifest.jsonl and audio/ files of the same names)")
 
 
-@command("synth", "write a synthetic captioned dataset (sounds or birds) with a jsonl manifest", _synth_args)
 def _synth(args: argparse.Namespace) -> int:
     from ..synth import write_set
 
@@ -39,14 +38,14 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _prepare_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-dir", help="run folder (default runs/<recipe name>/); the cache goes to RUN_DIR/cache/")
+    p.add_argument("--run-dir", help="run folder (default: the recipe's run_dir:, else runs/<recipe name>/); "
+                                     "the cache goes to RUN_DIR/cache/, where train reads it")
     p.add_argument("--strict", action="store_true", help="fail (exit 1) when any item is bad, not only when none is usable")
     p.add_argument("--workers", type=number(int, min=0), default=min(4, os.cpu_count() or 1),
                    help="processes decoding audio (default: up to 4; 0 decodes in this process)")
     p.add_argument("--no-cache", action="store_true", help="only check the data; build no mel cache")
 
 
-@verb("prepare", "check the recipe's datasets (report kept / skipped by reason) and build the mel cache", _prepare_args)
 def _prepare(args: argparse.Namespace) -> int:
     import logging
 
@@ -55,7 +54,14 @@ def _prepare(args: argparse.Namespace) -> int:
     if not logging.getLogger("tta.data").handlers and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
     recipe = load_recipe(args)
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / recipe.name
-    prepare(recipe, load_plugins(args).registry, run_dir, workers=max(0, args.workers),
+    prepare(recipe, load_plugins(args).registry, run_dir(args, recipe), workers=max(0, args.workers),
             strict=args.strict, cache=not args.no_cache)
     return 0
+
+
+COMMANDS = [
+    Command("synth", "write a synthetic captioned dataset (sounds or birds) with a jsonl manifest", _synth,
+            _synth_args),
+    Verb("prepare", "check the recipe's datasets (report kept / skipped by reason) and build the mel cache", _prepare,
+         _prepare_args),
+]

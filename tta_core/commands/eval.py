@@ -6,7 +6,7 @@ folders with a ``manifest.jsonl``) or, given a recipe, its valid split. ``--metr
 from fd, kl, is, clap (default: those the embedders allow); ``--embedder`` the backbone (a
 name or a YAML mapping, ``'{type: panns, weights: Cnn14_16k_mAP=0.438.pth}'``; default the
 recipe's ``eval.embedder``, else ``mel_stats``, which needs no weights); ``--text-embedder``
-the text-audio model for the clap score. Comparing two folders needs no trained weights, nor
+the text-audio model for the clap score (an embedder with a text side serves as its own). Comparing two folders needs no trained weights, nor
 a recipe: ``tta-run eval --generated A --reference B``. See tta_core.eval.compare.
 
 ``--reconstruction``: the trained autoencoder (and vocoder) round trip on the valid split
@@ -16,7 +16,8 @@ a recipe: ``tta-run eval --generated A --reference B``. See tta_core.eval.compar
 fitted on the recipe's labelled training clips (never on generated ones) labels each
 generated clip (see tta_core.eval.adherence). Without ``--generated DIR``, the clips are
 generated first, ``--n-per-label`` per label from that label's training captions, with the
-run's trained weights, into ``--out`` (default ``<run dir>/adherence/``).
+run's trained weights, into ``--out`` (default ``<run dir>/adherence/``), by the function
+``tta-run sample`` writes with (:func:`tta_core.commands.sample.write_samples`).
 
 Every mode writes ``eval.json`` into ``--out`` and prints a table.
 """
@@ -26,11 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..cli import command, load_plugins, load_recipe, number, verb
+from .base import Command, Verb, load_plugins, load_recipe, number, run_dir
 from ..errors import TtaError, UsageError
 
 
@@ -78,6 +78,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=number(int, min=1), default=None)
     p.add_argument("--guidance", type=number(float, min=0), default=None)
     p.add_argument("--device", default=None)
+    p.add_argument("--skip-memory-check", action="store_true",
+                   help="--adherence: generate even when a batch is estimated to need more memory than is free")
 
 
 def _features(waves, audio):
@@ -167,16 +169,18 @@ def _write(out: Path, result: dict, lines: list[str]) -> None:
 
 
 def _metrics(args: argparse.Namespace, recipe: Any, registry: Any) -> int:
-    from ..eval.compare import compare, default_metrics, embedder_from_spec, folder_set, recipe_set, spec_of, table
+    from ..eval.compare import (compare, default_embedder, default_metrics, embedder_from_spec, folder_set,
+                                recipe_set, spec_of, table)
+    from ..interfaces import has_text
 
     if not args.generated:
         raise UsageError("give --generated DIR: the clips to score (write them with `tta-run RECIPE sample --out DIR`)")
     settings = dict((recipe.get("eval") or {}) if recipe is not None else {})
-    spec = spec_of(args.embedder) or spec_of(settings.get("embedder")) or {"type": "mel_stats"}
+    spec = spec_of(args.embedder) or spec_of(settings.get("embedder")) or default_embedder(registry)
     text_spec = spec_of(args.text_embedder) or spec_of(settings.get("text_embedder"))
     embedder = embedder_from_spec(spec, registry, args.device)
     text_embedder = embedder_from_spec(text_spec, registry, args.device) if text_spec else None
-    if text_embedder is None and spec["type"] == "clap":
+    if text_embedder is None and has_text(embedder):  # one text-audio model serves both roles
         text_embedder = embedder
     names = [n.strip() for n in args.metrics.split(",") if n.strip()] if args.metrics else \
         list(settings.get("metrics") or default_metrics(embedder, text_embedder))
@@ -196,7 +200,6 @@ def _metrics(args: argparse.Namespace, recipe: Any, registry: Any) -> int:
 def _reconstruction(args: argparse.Namespace, recipe: Any, registry: Any) -> int:
     from ..eval.reconstruction import DEFAULT, reconstruction
     from ..recipe import build
-    from ..runs import default_run_dir
     from ..sampling import load_pipeline
 
     data = recipe.get("data") or {}
@@ -206,7 +209,7 @@ def _reconstruction(args: argparse.Namespace, recipe: Any, registry: Any) -> int
     items = list(build(data[split], "dataset", registry))
     if args.n_items:
         items = items[: args.n_items]
-    pipe = load_pipeline(recipe, run_dir=args.run_dir, device=args.device, registry=registry)
+    pipe = load_pipeline(recipe, run_dir=run_dir(args, recipe), device=args.device, registry=registry)
     names = [n.strip() for n in args.metrics.split(",") if n.strip()] if args.metrics else list(DEFAULT)
     max_missing = args.max_missing if args.max_missing is not None else 0.05
     result = reconstruction(pipe, items, names, decode_steps=args.decode_steps, max_missing=max_missing)
@@ -218,17 +221,14 @@ def _reconstruction(args: argparse.Namespace, recipe: Any, registry: Any) -> int
         lines.append(f"{name:<12} {value:>12.4f}" + (f" {voc[name]:>14.4f}" if name in voc else ""))
     lines.append(f"{result['counts']['used']} of {result['counts']['expected']} clips of data.{split}")
     lines += [f"not used: {p}" for p in result["not_used"][:20]]
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)
-    _write(Path(args.out) if args.out else run_dir / "reconstruction", result, lines)
+    _write(Path(args.out) if args.out else run_dir(args, recipe) / "reconstruction", result, lines)
     return 0
 
 
-@command("eval", "metrics of generated audio against reference audio (no recipe needed)", _compare_args_with_device)
 def _eval_folders(args: argparse.Namespace) -> int:
     return _metrics(args, None, load_plugins(args).registry)
 
 
-@verb("eval", "evaluate: metrics of generated audio (fd, kl, is, clap), --reconstruction, --adherence", _args)
 def _eval(args: argparse.Namespace) -> int:
     recipe = load_recipe(args)
     registry = load_plugins(args).registry
@@ -241,54 +241,69 @@ def _eval(args: argparse.Namespace) -> int:
     return _adherence(args, recipe, registry)
 
 
-def _adherence(args: argparse.Namespace, recipe: Any, registry: Any) -> int:
-    from ..cli import main
-    from ..data.config import AudioConfig
-    from ..eval.adherence import AdherenceClassifier, score, split_holdout
-    from ..runs import default_run_dir
+#: Options eval --adherence has a flag for; it names the other sampling options by their recipe key.
+_ADHERENCE_FLAGS = ("steps", "guidance", "seed", "device", "skip_memory_check")
 
+
+def _adherence_option(name: str) -> str:
+    from .sample import option_flag
+
+    return option_flag(name) if name in _ADHERENCE_FLAGS else f"sample.{name} (--set)"
+
+
+def _adherence(args: argparse.Namespace, recipe: Any, registry: Any) -> int:
+    from ..sampling import NamesOptions
+
+    try:
+        return _score_adherence(args, recipe, registry)
+    except NamesOptions as exc:  # the library names its options as Python arguments
+        raise exc.respelled(_adherence_option) from None
+
+
+def _generate_per_label(args: argparse.Namespace, recipe: Any, registry: Any, by_label: dict, run_dir: Path,
+                        out: Path) -> set[str]:
+    """``--n-per-label`` clips per label from that label's training captions, written into ``out``
+    as ``tta-run sample --overwrite`` writes them: the clips of this evaluation replace those of
+    an earlier one under the same names (the manifest keeps every earlier line). Their names."""
+    import torch
+
+    from ..sampling import load_pipeline
+    from .sample import check_out, write_samples
+
+    earlier = check_out(out)
+    g = torch.Generator().manual_seed(args.seed)
+    entries = []
+    for label, group in sorted(by_label.items()):
+        pool = sorted({c for item in group for c in item.captions})
+        for k in range(args.n_per_label):
+            entries.append((f"{label}-{k}", pool[int(torch.randint(len(pool), (1,), generator=g))]))
+    pipe = load_pipeline(recipe, run_dir=run_dir, device=args.device, registry=registry)
+    st = pipe.settings(steps=args.steps, guidance=args.guidance, seed=args.seed)
+    written = write_samples(pipe, entries, st, out, earlier, overwrite=True, progress=False,
+                            memory_check=not args.skip_memory_check)
+    print(written.summary(pipe, st))
+    return {name for name, _ in entries}
+
+
+def _score_adherence(args: argparse.Namespace, recipe: Any, registry: Any) -> int:
     import dataclasses
 
+    from ..eval.adherence import AdherenceClassifier, score, split_holdout
+
     # the metrics read the mono mix
-    audio = dataclasses.replace(AudioConfig.from_mapping(recipe.get("audio")), channels=1)
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)
+    audio = dataclasses.replace(recipe.audio, channels=1)
+    home = run_dir(args, recipe)
     feats, labels, captions, by_label = _reference(recipe, registry, audio, args.reference_per_label, args.seed)
     train, held = split_holdout(len(labels), 0.2, args.seed)
     clf = AdherenceClassifier.fit(feats[train], [labels[i] for i in train])
     reference = score(clf, feats[held], [labels[i] for i in held], 0.0).overall
     clf = AdherenceClassifier.fit(feats, labels)
 
-    out = Path(args.out) if args.out else (Path(args.generated) if args.generated else run_dir / "adherence")
-    only = None  # file stems to score: every clip of --generated, or those generated here
+    out = Path(args.out) if args.out else (Path(args.generated) if args.generated else home / "adherence")
     if args.generated:
-        folder = Path(args.generated)
+        folder, only = Path(args.generated), None  # every clip of --generated is scored
     else:
-        import torch
-
-        folder = out
-        folder.mkdir(parents=True, exist_ok=True)
-        g = torch.Generator().manual_seed(args.seed)
-        lines = []
-        for label, group in sorted(by_label.items()):
-            pool = sorted({c for item in group for c in item.captions})
-            for k in range(args.n_per_label):
-                lines.append(f"{label}-{k}\t{pool[int(torch.randint(len(pool), (1,), generator=g))]}")
-        # the clips of this evaluation replace those of an earlier one under the same names;
-        # only they are scored (the manifest keeps every earlier line, with its prompt)
-        only = {line.partition("\t")[0] for line in lines}
-        with tempfile.TemporaryDirectory() as tmp:
-            prompts = Path(tmp) / "prompts.txt"
-            prompts.write_text("\n".join(lines) + "\n")
-            cmd = [str(args.recipe_path), "sample", "--prompts", str(prompts), "--out", str(folder), "--overwrite",
-                   "--run-dir", str(run_dir), "--seed", str(args.seed), "--no-progress"]
-            for flag in ("steps", "guidance", "device"):
-                if getattr(args, flag) is not None:
-                    cmd += [f"--{flag}", str(getattr(args, flag))]
-            for text in args.overrides:
-                cmd += ["--set", text]
-            code = main(cmd)
-        if code:
-            return code
+        folder, only = out, _generate_per_label(args, recipe, registry, by_label, home, out)
     gen_feats, gen_labels, problems = _generated(folder, captions, audio, only)
     report = score(clf, gen_feats, gen_labels, reference)
     print("\n".join(report.lines()))
@@ -305,3 +320,10 @@ def _adherence(args: argparse.Namespace, recipe: Any, registry: Any) -> int:
         print(f"adherence {report.overall:.2f} is below the required {args.min_accuracy:.2f}")
         return 1
     return 0
+
+
+COMMANDS = [
+    Command("eval", "metrics of generated audio against reference audio (no recipe needed)", _eval_folders,
+            _compare_args_with_device),
+    Verb("eval", "evaluate: metrics of generated audio (fd, kl, is, clap), --reconstruction, --adherence", _eval, _args),
+]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import command, load_plugins
+from .base import Command, load_plugins
 from ..errors import UsageError
 
 
@@ -28,7 +28,6 @@ def _formats(registry) -> str:
     return "\n".join(rows) or "  (none registered)"
 
 
-@command("import", "bring weights trained elsewhere into a run directory", _args)
 def _import(args: argparse.Namespace) -> int:
     from ..importing import write_run
 
@@ -53,3 +52,6 @@ def _import(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(f"wrote {args.out}; sample with: tta-run {recipe_file} sample --text \"...\"")
     return 0
+
+
+COMMANDS = [Command("import", "bring weights trained elsewhere into a run directory", _import, _args)]

@@ -8,11 +8,16 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ..cli import check_writable, load_plugins, load_recipe, number, verb
+from .base import Verb, check_writable, load_plugins, load_recipe, number
+from .base import run_dir as base_run_dir
 from ..errors import UsageError
 from ..manifest import NAME, append_rows, check_sample_manifest
+from ..media import save_spectrogram, write_audio
+from ..precision import PRECISIONS
 
 #: --format -> (file extension, soundfile subtype)
 FORMATS = {"wav": ("wav", "PCM_16"), "flac": ("flac", "PCM_16"), "float": ("wav", "FLOAT")}
@@ -70,7 +75,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     where.add_argument("--format", choices=list(FORMATS), default="wav",
                        help="wav (16-bit, default), flac (16-bit) or float (32-bit float WAV)")
     where.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cuda when available)")
-    where.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
+    where.add_argument("--precision", choices=PRECISIONS, default="fp32",
                        help="run the denoiser under autocast in this precision (auto: bf16 where native, else fp32)")
     where.add_argument("--skip-memory-check", action="store_true",
                        help="generate even when a batch is estimated to need more memory than the device has free")
@@ -109,31 +114,6 @@ def _names(entries: list[tuple[str | None, str]], n: int) -> list[str]:
     return stems
 
 
-def save_spectrogram(path: Path, wave, sample_rate: int, audio, title: str) -> None:
-    """A PNG of the log-mel of ``wave`` [N] (the training mel, ``tta_core.data.mel``),
-    titled with the prompt."""
-    import dataclasses
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..data.mel import log_mel
-
-    if audio.sample_rate != sample_rate:  # a vocoder at another rate than the recipe's audio
-        audio = dataclasses.replace(audio, sample_rate=sample_rate)
-    mel = log_mel(wave.float()[None], audio)[0, 0].T  # [F, T]
-    fig, ax = plt.subplots(figsize=(8, 3))
-    ax.imshow(mel.numpy(), origin="lower", aspect="auto", extent=(0, wave.numel() / sample_rate, 0, mel.shape[0]))
-    ax.set_title(title if len(title) <= 90 else title[:87] + "...", fontsize=9)
-    ax.set_xlabel("seconds")
-    ax.set_ylabel("mel band")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
 def _check_paths(args: argparse.Namespace, run_dir: Path, out: Path) -> list[dict]:
     """What can be checked of the paths before any model loads (nothing is created here); the
     rows of the manifest already in ``out``."""
@@ -149,8 +129,7 @@ def _check_paths(args: argparse.Namespace, run_dir: Path, out: Path) -> list[dic
         if path is not None and not Path(path).is_file():
             what = "is a folder" if Path(path).is_dir() else "does not exist"
             raise UsageError(f"--{flag.replace('_', '-')} {path} {what}: give an audio file")
-    check_writable(out, "--out")
-    return check_sample_manifest(out)
+    return check_out(out)
 
 
 def _free_stem(out: Path, stem: str, suffixes: tuple[str, ...], taken: set[str]) -> str:
@@ -166,13 +145,10 @@ def _free_stem(out: Path, stem: str, suffixes: tuple[str, ...], taken: set[str])
 def _write_outputs(out: Path, stem: str, ext: str, subtype: str, wave, rate: int, audio, prompt: str) -> None:
     """The audio file and its spectrogram, each written to a temporary name and renamed into
     place once both exist, so a failure leaves neither behind."""
-    import soundfile
-
     tmp_audio, tmp_png = out / f".{stem}.tmp.{ext}", out / f".{stem}.tmp.png"
     try:
-        data = wave.clamp(-1, 1) if subtype == "PCM_16" else wave
-        soundfile.write(tmp_audio, data.numpy().T, rate, subtype=subtype, format=ext.upper())
-        save_spectrogram(tmp_png, wave if wave.ndim == 1 else wave.mean(0), rate, audio, prompt)
+        write_audio(tmp_audio, wave, rate, subtype=subtype, format=ext.upper())
+        save_spectrogram(tmp_png, wave, rate, audio, prompt)
         os.replace(tmp_audio, out / f"{stem}.{ext}")
         os.replace(tmp_png, out / f"{stem}.png")
     finally:
@@ -180,13 +156,113 @@ def _write_outputs(out: Path, stem: str, ext: str, subtype: str, wave, rate: int
         tmp_png.unlink(missing_ok=True)
 
 
-@verb("sample", "generate audio from text with the trained weights in the run dir", _args)
-def _sample(args: argparse.Namespace) -> int:
+def check_out(out: Path, flag: str = "--out") -> list[dict]:
+    """Refuse an output folder that cannot be written or whose manifest ``tta-run sample``
+    did not write (nothing is created here); the rows of the manifest already there."""
+    check_writable(out, flag)
+    return check_sample_manifest(out)
+
+
+def option_flag(name: str) -> str:
+    """A sampling option (a Python argument) as this command's flag: ``decode_steps`` -> ``--decode-steps``."""
+    return "--" + name.replace("_", "-")
+
+
+@dataclass
+class Written:
+    """What :func:`write_samples` wrote."""
+
+    files: int
+    renamed: int  # outputs named -1, -2, ... beside earlier ones of the same name
+    manifest: Path
+
+    def summary(self, pipe: Any, st: Any) -> str:
+        note = f"; {self.renamed} named -1, -2, ... beside earlier outputs of the same name (--overwrite replaces " \
+               "them)" if self.renamed else ""
+        return (f"wrote {self.files} file(s) to {self.manifest.parent} ({pipe.sample_rate} Hz, {st.duration:g} s, "
+                f"{st.steps} steps, {st.sampler['type']}, guidance {st.guidance.scale:g}){note}; "
+                f"manifest: {self.manifest}")
+
+
+def _chosen(batch: Any, ranker: Any, n: int, pending: dict, rate: int) -> list[tuple]:
+    """(output index, prompt, negative, wave, seed, batch index, rerank record, loudness) of each
+    output of ``batch`` to write; with a ranker, a prompt's best candidate once all ``n`` are in."""
     import torch
 
-    from ..runs import default_run_dir
-    from ..sampling import audio_config, check_duration, load_pipeline
+    from ..eval.rerank import best
 
+    chosen = []
+    for b, (index, prompt, negative) in enumerate(zip(batch.indices, batch.prompts, batch.negatives)):
+        level = batch.loudness[b] if batch.loudness else None
+        if ranker is None:
+            chosen.append((index, prompt, negative, batch.waves[b], batch.seed, b, None, level))
+            continue
+        entry = index // n  # candidates come prompt by prompt
+        pending.setdefault(entry, []).append((batch.waves[b], batch.seed, b, level))
+        if len(pending[entry]) == n:
+            candidates = pending.pop(entry)
+            top, sc = best(ranker, prompt, torch.stack([c[0] for c in candidates]), rate)
+            record = {"embedder": ranker.name, "scores": sc, "chosen": top,
+                      "candidate_seeds": [c[1] for c in candidates],
+                      "candidate_batch_index": [c[2] for c in candidates]}
+            wave, seed, b_best, level = candidates[top]
+            chosen.append((entry, prompt, negative, wave, seed, b_best, record, level))
+    return chosen
+
+
+def _row(pipe: Any, st: Any, file: str, stem: str, prompt: str, negative: str, seed: int, b: int,
+         record: dict | None, level: dict | None, ema: bool) -> dict:
+    """The manifest line of one output."""
+    return {
+        "file": file, "spectrogram": f"{stem}.png", "prompt": prompt, "negative": negative,
+        "seed": seed, "batch_index": b, "steps": st.steps, "guidance": st.guidance.scale,
+        "guidance_rescale": st.guidance.rescale,
+        "guidance_interval": list(st.guidance.interval) if st.guidance.interval else None,
+        "sampler": st.sampler, "decode_steps": st.decode_steps, "duration": st.duration,
+        "sample_rate": pipe.sample_rate, "channels": pipe.audio.channels,
+        "checkpoint": pipe.checkpoint, "ema": ema,
+        "weights": {name: w.describe() for name, w in pipe.weights.items()},
+        "recipe": pipe.recipe.name, "precision": pipe.precision,
+        **({"rerank": record} if record else {}),
+        **(st.init.describe() if st.init is not None else {}),
+        **({"audio_prompt": st.audio_prompt.path} if st.audio_prompt is not None else {}),
+        **({"loudness": level} if level is not None else {}),
+    }
+
+
+def write_samples(pipe: Any, entries: list[tuple[str | None, str]], st: Any, out: Path, earlier: list[dict], *,
+                  n: int = 1, ranker: Any = None, overwrite: bool = False, audio_format: str = "wav", ema: bool = True,
+                  progress: bool = True, memory_check: bool = True) -> Written:
+    """Generate ``n`` outputs per (name or None, prompt) of ``entries`` with the settings ``st``
+    and write each into ``out`` as audio, a spectrogram PNG and a manifest line, batch by
+    batch, as ``tta-run sample`` does: a name already in ``out`` (on disk or in ``earlier``,
+    the manifest rows :func:`check_out` returned) gets -1, -2, ... unless ``overwrite``; the
+    manifest is appended to. With a ``ranker`` only each prompt's best of its ``n`` is kept.
+    ``memory_check``: refuse a batch estimated beyond the device's free memory first."""
+    ext, subtype = FORMATS[audio_format]
+    stems = _names(entries, 1 if ranker else n)
+    taken = set() if overwrite else {Path(row["file"]).stem for row in earlier}
+    batches = pipe.batches([prompt for _, prompt in entries], n=n, settings=st, progress=progress,
+                           memory_check=memory_check)
+    written = Written(0, 0, out / NAME)
+    pending: dict = {}
+    for batch in batches:
+        out.mkdir(parents=True, exist_ok=True)
+        new = []
+        for index, prompt, negative, wave, seed, b, record, level in _chosen(batch, ranker, n, pending,
+                                                                            pipe.sample_rate):
+            stem = stems[index] if overwrite else _free_stem(out, stems[index], (ext, "png"), taken)
+            written.renamed += stem != stems[index]
+            taken.add(stem)
+            _write_outputs(out, stem, ext, subtype, wave, pipe.sample_rate, pipe.audio, prompt)
+            new.append(_row(pipe, st, f"{stem}.{ext}", stem, prompt, negative, seed, b, record, level, ema))
+        append_rows(written.manifest, new)
+        written.files += len(new)
+    return written
+
+
+def _entries(args: argparse.Namespace) -> list[tuple[str | None, str]]:
+    """(name or None, prompt) per output asked for, checked with the flags that go with them."""
     entries: list[tuple[str | None, str]] = [(None, t) for t in args.text]
     if args.prompts:
         entries += read_prompts(args.prompts)
@@ -200,75 +276,46 @@ def _sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--guidance-interval LO HI needs LO <= HI, got {args.guidance_interval}")
     if args.rerank and args.n < 2:
         raise UsageError("--rerank keeps the best of --n candidates per prompt: give --n 2 or more")
+    return entries
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from ..sampling import NamesOptions
+
+    try:
+        return _generate(args)
+    except NamesOptions as exc:  # the library names its options as Python arguments
+        raise exc.respelled(option_flag) from None
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from ..sampling import check_duration, load_pipeline
+
+    entries = _entries(args)
     recipe = load_recipe(args)
     registry = load_plugins(args).registry
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)
+    run_dir = base_run_dir(args, recipe)
     out = Path(args.out) if args.out else run_dir / "samples"
     earlier = _check_paths(args, run_dir, out)
     if args.duration is not None:
-        check_duration(audio_config(recipe), args.duration, "--duration")
+        check_duration(recipe.audio, args.duration)
     pipe = load_pipeline(recipe, run_dir=run_dir, ckpt=args.ckpt, device=args.device,
                          precision=args.precision, ema=not args.no_ema, registry=registry)
-    ext, subtype = FORMATS[args.format]
     ranker = None
     if args.rerank:
-        from ..eval.rerank import best, ranker as make_ranker
+        from ..eval.rerank import ranker as make_ranker
 
         ranker = make_ranker(args.rerank, registry, recipe=recipe, device=args.device)
-    stems = _names(entries, 1 if ranker else args.n)
     st = pipe.settings(steps=args.steps, guidance=args.guidance, guidance_rescale=args.guidance_rescale,
                        guidance_interval=args.guidance_interval, sampler=args.sampler, seed=args.seed,
                        duration=args.duration, batch_size=args.batch_size, negative=args.negative,
                        decode_steps=args.decode_steps, init_audio=args.init_audio, strength=args.strength,
                        keep=args.keep, extend=args.extend, audio_prompt=args.audio_prompt, loudness=args.loudness)
-    manifest_path = out / NAME
-    taken = set() if args.overwrite else {Path(row["file"]).stem for row in earlier}
-    batches = pipe.batches([prompt for _, prompt in entries], n=args.n, settings=st,
-                           progress=not args.no_progress, memory_check=not args.skip_memory_check)
-    written, renamed, pending = 0, 0, {}
-    for batch in batches:
-        out.mkdir(parents=True, exist_ok=True)
-        new = []
-        chosen = []  # (output index, prompt, negative, wave, seed, batch index, rerank record)
-        for b, (index, prompt, negative) in enumerate(zip(batch.indices, batch.prompts, batch.negatives)):
-            level = batch.loudness[b] if batch.loudness else None
-            if ranker is None:
-                chosen.append((index, prompt, negative, batch.waves[b], batch.seed, b, None, level))
-                continue
-            entry = index // args.n  # candidates come prompt by prompt
-            pending.setdefault(entry, []).append((batch.waves[b], batch.seed, b, level))
-            if len(pending[entry]) == args.n:
-                candidates = pending.pop(entry)
-                top, sc = best(ranker, prompt, torch.stack([c[0] for c in candidates]), pipe.sample_rate)
-                record = {"embedder": ranker.name, "scores": sc, "chosen": top,
-                          "candidate_seeds": [c[1] for c in candidates],
-                          "candidate_batch_index": [c[2] for c in candidates]}
-                wave, seed, b_best, level = candidates[top]
-                chosen.append((entry, prompt, negative, wave, seed, b_best, record, level))
-        for index, prompt, negative, wave, seed, b, record, level in chosen:
-            stem = stems[index] if args.overwrite else _free_stem(out, stems[index], (ext, "png"), taken)
-            renamed += stem != stems[index]
-            taken.add(stem)
-            _write_outputs(out, stem, ext, subtype, wave, pipe.sample_rate, pipe.audio, prompt)
-            new.append({
-                "file": f"{stem}.{ext}", "spectrogram": f"{stem}.png", "prompt": prompt, "negative": negative,
-                "seed": seed, "batch_index": b, "steps": st.steps, "guidance": st.guidance.scale,
-                "guidance_rescale": st.guidance.rescale,
-                "guidance_interval": list(st.guidance.interval) if st.guidance.interval else None,
-                "sampler": st.sampler, "decode_steps": st.decode_steps, "duration": st.duration,
-                "sample_rate": pipe.sample_rate, "channels": pipe.audio.channels,
-                "checkpoint": pipe.checkpoint, "ema": not args.no_ema,
-                "weights": {name: w.describe() for name, w in pipe.weights.items()},
-                "recipe": recipe.name, "precision": pipe.precision,
-                **({"rerank": record} if record else {}),
-                **(st.init.describe() if st.init is not None else {}),
-                **({"audio_prompt": st.audio_prompt.path} if st.audio_prompt is not None else {}),
-                **({"loudness": level} if level is not None else {}),
-            })
-        append_rows(manifest_path, new)
-        written += len(new)
-    note = f"; {renamed} named -1, -2, ... beside earlier outputs of the same name (--overwrite replaces them)" \
-        if renamed else ""
-    print(f"wrote {written} file(s) to {out} ({pipe.sample_rate} Hz, {st.duration:g} s, {st.steps} steps, "
-          f"{st.sampler['type']}, guidance {st.guidance.scale:g}){note}; manifest: {manifest_path}")
+    written = write_samples(pipe, entries, st, out, earlier, n=args.n, ranker=ranker, overwrite=args.overwrite,
+                            audio_format=args.format, ema=not args.no_ema, progress=not args.no_progress,
+                            memory_check=not args.skip_memory_check)
+    print(written.summary(pipe, st))
     return 0
+
+
+COMMANDS = [Verb("sample", "generate audio from text with the trained weights in the run dir", _sample, _args)]

@@ -6,17 +6,22 @@ import argparse
 import shlex
 import sys
 
-from ..cli import load_plugins, load_recipe, number, verb
+from ..precision import PRECISIONS
+from .base import Verb, load_plugins, load_recipe, number, run_dir
 
 
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage", action="append", default=[], metavar="NAME",
                    help="run only this stage (repeatable); default: every stage in order")
-    p.add_argument("--run-dir", default=None, help="where stages keep checkpoints and logs (default runs/<recipe name>/)")
+    p.add_argument("--run-dir", default=None,
+                   help="where stages keep checkpoints and logs (default: the recipe's run_dir:, "
+                        "else runs/<recipe name>/)")
     p.add_argument("--max-steps", type=number(int, min=0), default=None,
                    help="cap each stage at this many steps (this invocation; 0 writes the starting weights as step 0)")
-    p.add_argument("--device", default=None, help="cpu, cuda or auto (default: cuda when available)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:N or auto (default: cuda when available); under accelerate/torchrun "
+                        "the launcher gives each process its device")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="override the stages' precision (auto: bf16 where the device computes it natively, else fp32)")
     p.add_argument("--seed", type=number(int, min=0), default=None, help="override the stages' seed")
     fresh = p.add_mutually_exclusive_group()
@@ -36,14 +41,11 @@ def _args(p: argparse.ArgumentParser) -> None:
                    help="no progress report (a bar on a terminal, else a line every 10 s with the rate and time left)")
 
 
-@verb("train", "train the recipe's stages in order, resuming from the run dir", _args)
 def _train(args: argparse.Namespace) -> int:
     import logging
     import time
 
-    from ..data.config import AudioConfig
     from ..errors import UsageError
-    from ..runs import default_run_dir
     from ..training.engine import Trainer, check_device
     from ..training.stage import parse_stage
 
@@ -59,13 +61,12 @@ def _train(args: argparse.Namespace) -> int:
     unknown = [s for s in chosen if s not in names]
     if unknown:
         raise UsageError(f"no stage named {', '.join(map(repr, unknown))}; stages: {', '.join(names)}")
-    audio = AudioConfig.from_mapping(recipe.get("audio"))
     for stage in stages:  # every stage's own example length is checked before any stage trains
-        stage.audio_for(audio)
-    run_dir = args.run_dir or default_run_dir(recipe)
+        stage.audio_for(recipe.audio)
+    folder = run_dir(args, recipe)
     selected = [s for s in stages if s.name in chosen]
     for i, stage in enumerate(selected):
-        trainer = Trainer(recipe, registry, stage, run_dir, stage_order=names, device=args.device,
+        trainer = Trainer(recipe, registry, stage, folder, stage_order=names, device=args.device,
                           precision=args.precision, max_steps=args.max_steps, seed=args.seed, fresh=args.fresh,
                           init_from=args.init_from, allow_partial=args.allow_partial,
                           progress=not args.no_progress, memory_check=not args.skip_memory_check)
@@ -123,3 +124,6 @@ def _command(args: argparse.Namespace, stages: list[str], *, fresh: bool) -> str
         if on:
             words.append(flag)
     return shlex.join(words)
+
+
+COMMANDS = [Verb("train", "train the recipe's stages in order, resuming from the run dir", _train, _args)]

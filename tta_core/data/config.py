@@ -11,16 +11,23 @@ Defaults are AudioLDM's 16 kHz / 64-band setting, so a pretrained AudioLDM or Hi
       on_bad_item: skip       # skip | fail: what a bad file or manifest row does
       mel: {n_fft: 1024, hop: 160, win: 1024, n_mels: 64, fmin: 0, fmax: 8000}
 
+These dataclasses are the ``audio:`` schema: the recipe validator reads its keys, types and
+ranges (``Annotated[..., Range(...)]``) from their fields (tta_core.recipe.fields_spec).
 Imports nothing heavy: the CLI and the recipe validator use it before torch is needed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 from ..errors import RecipeError, closest
+from ..recipe import Positive, Range, RecipeIssue
+
+_AtLeast1 = Annotated[int, Range(min=1)]
+_NonNegative = Annotated[float, Range(min=0)]
 
 #: The floor under mel energies before the log, as in HiFi-GAN's ``spectral_normalize``;
 #: log(1e-5) = -11.51 is the value silence (and padding) takes.
@@ -31,12 +38,12 @@ LOG_FLOOR = 1e-5
 class MelConfig:
     """Magnitude-STFT log-mel settings (HiFi-GAN's ``mel_spectrogram``)."""
 
-    n_fft: int = 1024
-    hop: int = 160  # 10 ms at 16 kHz: 100 frames per second
-    win: int = 1024
-    n_mels: int = 64
-    fmin: float = 0.0
-    fmax: float = 8000.0
+    n_fft: _AtLeast1 = 1024
+    hop: _AtLeast1 = 160  # 10 ms at 16 kHz: 100 frames per second
+    win: _AtLeast1 = 1024
+    n_mels: _AtLeast1 = 64
+    fmin: _NonNegative = 0.0
+    fmax: Positive = 8000.0
 
     @property
     def pad(self) -> int:
@@ -54,12 +61,12 @@ class AudioConfig:
     autoencoders; mels are always of the mono mix.
     """
 
-    sample_rate: int = 16000
-    duration: float = 10.24
-    min_duration: float = 0.25
+    sample_rate: _AtLeast1 = 16000
+    duration: Positive = 10.24
+    min_duration: _NonNegative = 0.25
     normalize: bool = False
     on_bad_item: Literal["skip", "fail"] = "skip"
-    channels: int = 1
+    channels: _AtLeast1 = 1
     mel: MelConfig = field(default_factory=MelConfig)
 
     @property
@@ -79,8 +86,6 @@ class AudioConfig:
         """These settings with examples of ``seconds`` each (a stage's own crop length);
         ``min_duration`` is lowered to it where it was longer. Raises RecipeError when the
         length cannot work (e.g. shorter than one STFT window)."""
-        from ..recipe import RecipeError, RecipeIssue
-
         cfg = dataclasses.replace(self, duration=float(seconds), min_duration=min(self.min_duration, float(seconds)))
         problems = cfg._problems()
         if problems:
@@ -103,8 +108,6 @@ class AudioConfig:
     def from_mapping(cls, mapping: Mapping[str, Any] | None) -> "AudioConfig":
         """Build from a recipe's ``audio:`` mapping. Unknown keys and impossible values are
         errors (all reported at once), never silently ignored."""
-        from ..recipe import RecipeIssue
-
         mapping = dict(mapping or {})
         problems: list[str] = []
         mel_map = mapping.pop("mel", None) or {}
@@ -147,6 +150,7 @@ _TYPES = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
 
 def _take(cls, mapping: dict, where: str, problems: list[str], skip=frozenset()) -> dict:
     """The fields of dataclass ``cls`` found in ``mapping``, type-checked; records problems."""
+    hints = typing.get_type_hints(cls)  # Annotated[int, Range(...)] -> int
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
     out = {}
     for key, value in mapping.items():
@@ -155,8 +159,7 @@ def _take(cls, mapping: dict, where: str, problems: list[str], skip=frozenset())
             problems.append(f"unknown key '{key}' in '{where}'" + (f"; did you mean '{hint}'?" if hint else "")
                             + f" Keys: {', '.join([*fields, *skip])}.")
             continue
-        ann = fields[key].type
-        ann = {"int": int, "float": float, "bool": bool}.get(ann, str)
+        ann = hints[key] if hints[key] in _TYPES else str
         ok = isinstance(value, _TYPES[ann]) and (ann is bool or not isinstance(value, bool))
         if not ok:
             problems.append(f"'{where}.{key}' expects {ann.__name__}, got {value!r}")

@@ -191,12 +191,14 @@ def _repair(store: FeatureCache, echo: Callable[[str], None]) -> frozenset[str]:
     return frozenset().union(*(d.keys for d in damages))
 
 
-def prepare(recipe, registry, run_dir: Path, *, workers: int = 0, strict: bool = False, cache: bool = True,
-            echo: Callable[[str], None] = print, progress_every: float | None = None) -> list[SplitReport]:
-    """Check every split of ``recipe`` and build (or repair) the mel cache under ``run_dir/cache``."""
-    audio = AudioConfig.from_mapping(recipe.get("audio"))
+def prepare(recipe, registry, run_dir: Path | None = None, *, workers: int = 0, strict: bool = False,
+            cache: bool = True, echo: Callable[[str], None] = print,
+            progress_every: float | None = None) -> list[SplitReport]:
+    """Check every split of ``recipe`` and build (or repair) the mel cache under ``run_dir/cache``
+    (default: the recipe's run directory, where ``train`` reads it)."""
+    audio = recipe.audio
     splits = build_splits(recipe, registry, audio)
-    root = Path(run_dir) / "cache"
+    root = Path(recipe.run_dir if run_dir is None else run_dir) / "cache"
     store = mel_cache(root, audio) if cache else None
     rebuild = _repair(store, echo) if store is not None else frozenset()
     reports = []

@@ -2,7 +2,8 @@
 
 The guided network output is ``uncond + scale * (cond - uncond)`` on the raw network output
 (noise or v, whichever the process trains), exactly where diffusers' pipelines combine
-them; the process then turns it into an x0 estimate. Because x0 is affine in the network
+them; the process's own ``denoiser`` then turns it into an x0 estimate, with whatever
+preconditioning it applies around its network. Because x0 is affine in the network
 output at a fixed level, this equals guiding x0, except for ``rescale``, which is defined on
 the raw output as diffusers' ``rescale_noise_cfg`` has it.
 
@@ -12,9 +13,9 @@ the raw output as diffusers' ``rescale_noise_cfg`` has it.
 - A negative prompt is the unconditional half: the caller encodes it instead of
   ``conditioner.null()``.
 - ``interval = (lo, hi)``: guide only where the level's sigma is in [lo, hi] (sigma of the
-  (alpha, sigma) schedule, in [0, 1] for the built-in processes); elsewhere the conditional
-  output is used. Decided on the device per item, with no host sync; both halves are still
-  computed at every step.
+  (alpha, sigma) schedule: in [0, 1] for the built-in processes, up to sigma_max for a
+  variance-exploding one); elsewhere the conditional output is used. Decided on the device
+  per item, with no host sync; both halves are still computed at every step.
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ def guided_denoiser(process, net: Callable, cond: Conditioning, uncond: Conditio
     ``cond``/``uncond``: [B] conditionings for the B items of x (``uncond`` from
     ``conditioner.null(B)`` or from encoding negative prompts); ``uncond`` is unused, and
     may be None, when ``guidance.scale == 1``.
+
+    The guidance lives in a network, ``(x, t, cond) -> combined raw output``, that the
+    process's own ``denoiser`` drives: whatever the process does around its network (EDM's
+    input scaling c_in and noise embedding c_noise, a flow's time map) applies to the
+    guided output exactly as to a plain one. That network ignores the conditioning the
+    process hands it and runs both halves; the sigma of the ``interval`` band is the level
+    the sampler asked for, taken before the process sees it.
     """
     if not guidance.active:
         return process.denoiser(net, cond)
@@ -80,16 +88,23 @@ def guided_denoiser(process, net: Callable, cond: Conditioning, uncond: Conditio
         raise ValueError(f"uncond has batch {uncond.batch_size}, cond {cond.batch_size}")
     both = Conditioning.cat([uncond, cond])  # diffusers' order: unconditional half first
     scale, phi, interval = guidance.scale, guidance.rescale, guidance.interval
+    level: list[torch.Tensor] = []  # the current call's sigma, for the interval
 
-    def denoise(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        t = process.net_time(alpha, sigma)
-        out_u, out_c = net(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
+    def guided_net(x: torch.Tensor, t: torch.Tensor, _cond: Conditioning) -> torch.Tensor:
+        out_u, out_c = net(torch.cat([x, x]), torch.cat([t, t]) if t.dim() else t, both).chunk(2)
         out = out_u + scale * (out_c - out_u)
         if phi > 0:
             out = rescale_noise_cfg(out, out_c, phi)
         if interval is not None:
+            sigma = level[-1]
             inside = (sigma >= interval[0]) & (sigma <= interval[1])
             out = torch.where(inside.reshape(-1, *([1] * (x.dim() - 1))), out, out_c)
-        return process.to_x0(out, x, alpha, sigma)
+        return out
+
+    inner = process.denoiser(guided_net, cond)
+
+    def denoise(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        level[:] = [sigma]
+        return inner(x, alpha, sigma)
 
     return denoise

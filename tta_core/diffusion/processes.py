@@ -12,20 +12,31 @@ those numbers; the process maps a level back to its network's time input with
 k-diffusion's ``DiscreteSchedule.sigma_to_t`` does. So a sampler needs nothing from the
 process but the denoise function, and any sampler runs any process.
 
-The two built-in processes are variance preserving (``alpha**2 + sigma**2 == 1``):
+The built-in processes:
 
-- :class:`VPDiscrete`: diffusers' 1000-step DDPM/DDIM scheduler maths (AudioLDM, Amphion).
-- :class:`VDiffusion`: audio-diffusion-pytorch's continuous cos/sin v-diffusion (Mousai).
+- :class:`VPDiscrete`: diffusers' 1000-step DDPM/DDIM scheduler maths (AudioLDM, Amphion);
+  variance preserving (``alpha**2 + sigma**2 == 1``).
+- :class:`VDiffusion`: audio-diffusion-pytorch's continuous cos/sin v-diffusion (Mousai);
+  variance preserving.
+- :class:`RectifiedFlow`: the linear flow ``x_t = (1 - t) x0 + t eps`` with a velocity
+  target (as SD3 and current text-to-audio models train), SD3's time shift and logit-normal
+  training times; ``alpha + sigma == 1``, not variance preserving.
+
+Nothing outside a process assumes a family: samplers work on any (alpha, sigma) levels, a
+variance-exploding process (alpha = 1, sigma up to 80, as EDM) included, and sampling starts
+from noise scaled to the first level (``tta_core.diffusion.initial_noise``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Annotated, Callable, Literal
 
 import torch
 import torch.nn.functional as F
+
+from ..recipe import Range
 
 if TYPE_CHECKING:
     from ..interfaces import Conditioning, DenoiseFn
@@ -42,6 +53,12 @@ def _draw_uniform(n: int, generator: torch.Generator | None, device: torch.devic
     if generator is None:
         return torch.rand(n, device=device)
     return _to_device(torch.rand(n, generator=generator, device=generator.device), device)
+
+
+def _draw_standard_normal(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    if generator is None:
+        return torch.randn(n, device=device)
+    return _to_device(torch.randn(n, generator=generator, device=generator.device), device)
 
 
 def _draw_normal(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -337,3 +354,111 @@ class VDiffusion(_Process):
 
     def __repr__(self) -> str:
         return f"VDiffusion(prediction={self.prediction}, sigma in [{self.sigma_min}, {self.sigma_max}])"
+
+
+# -- rectified flow (linear interpolation, velocity target) -------------------------------------
+
+FlowPrediction = Literal["velocity", "sample"]
+TimeSampling = Literal["uniform", "logit_normal"]
+
+
+class RectifiedFlow(_Process):
+    """Rectified flow / flow matching (Liu et al. 2022; Esser et al. 2024, SD3): the straight
+    line from the data to the noise, x_t = (1 - t) x0 + t eps, so alpha = 1 - t, sigma = t.
+    Not variance preserving: alpha + sigma = 1, and alpha^2 + sigma^2 dips to 1/2 at t = 1/2.
+
+    The network receives ``time_scale * t`` with t = sigma / (alpha + sigma), which is the
+    flow time of the process's own levels and, for any other level, the flow time with the
+    same signal-to-noise ratio (the input is then scaled onto the line, x / (alpha + sigma)).
+
+    prediction: ``velocity`` (the reference: v = eps - x0, the flow's d x_t / dt; not the
+        variance-preserving v of ``vp_discrete``) or ``sample`` (x0). Epsilon is not offered:
+        x0 cannot be recovered from it at t = 1, where every schedule starts.
+    shift: SD3's time shift of the sampling schedule, t' = shift t / (1 + (shift - 1) t):
+        above 1 spends more steps at high noise (SD3 uses 3.0 at 1024 px); 1 is no shift.
+        Training times are not shifted.
+    time_sampling: how training draws t: ``uniform`` on [0, 1], or ``logit_normal``
+        (t = sigmoid(n), n ~ N(logit_mean, logit_std^2); SD3's choice with 0 and 1), which
+        concentrates training on the middle of the path.
+    time_scale: multiplies the network's time input: 1 gives t in [0, 1]; 1000 suits a
+        network whose sinusoidal timestep embedding expects diffusers' 0..999 (SD3's
+        transformer sees 1000 t).
+    snr_gamma: Min-SNR-gamma weighting, as the x0 error weighted by min(SNR, gamma):
+        min(alpha^2, gamma sigma^2) / (alpha + sigma)^2 on the velocity error.
+    """
+
+    def __init__(self, prediction: FlowPrediction = "velocity", shift: Annotated[float, Range(above=0)] = 1.0,
+                 time_sampling: TimeSampling = "uniform", logit_mean: float | None = None,
+                 logit_std: float | None = None, time_scale: Annotated[float, Range(above=0)] = 1.0,
+                 snr_gamma: float | None = None):
+        if prediction not in ("velocity", "sample"):
+            hint = (" (x0 cannot be recovered from a noise estimate at t = 1, where sampling starts)"
+                    if prediction == "epsilon" else "")
+            raise ValueError(f"rectified_flow prediction must be velocity or sample, got {prediction!r}{hint}")
+        if not (math.isfinite(shift) and shift > 0):
+            raise ValueError(f"rectified_flow shift must be a positive number (1 = no shift, SD3 uses 3), got {shift}")
+        if time_sampling not in ("uniform", "logit_normal"):
+            raise ValueError(f"rectified_flow time_sampling must be uniform or logit_normal, got {time_sampling!r}")
+        if time_sampling == "uniform" and (logit_mean is not None or logit_std is not None):
+            raise ValueError("rectified_flow logit_mean and logit_std apply to time_sampling: logit_normal, "
+                             "not to uniform")
+        logit_mean = 0.0 if logit_mean is None else logit_mean
+        logit_std = 1.0 if logit_std is None else logit_std
+        if not math.isfinite(logit_mean) or not (math.isfinite(logit_std) and logit_std > 0):
+            raise ValueError(f"rectified_flow needs a finite logit_mean and a positive logit_std (SD3: 0 and 1), "
+                             f"got {logit_mean}, {logit_std}")
+        if not (math.isfinite(time_scale) and time_scale > 0):
+            raise ValueError(f"rectified_flow time_scale must be a positive number, got {time_scale}")
+        self.prediction = prediction
+        self.shift = float(shift)
+        self.time_sampling = time_sampling
+        self.logit_mean, self.logit_std = float(logit_mean), float(logit_std)
+        self.time_scale = float(time_scale)
+        self.snr_gamma = _gamma(snr_gamma)
+
+    def schedule(self, steps: int) -> torch.Tensor:
+        """t = linspace(1, 0, steps + 1), shifted: rows (1 - t, t) from pure noise to the data."""
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+        if self.shift != 1.0:
+            t = self.shift * t / (1 + (self.shift - 1) * t)
+        return torch.stack([1 - t, t], dim=1).float()
+
+    def net_time(self, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma / (alpha + sigma) * self.time_scale
+
+    def to_x0(self, output: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """x0 = x - t v on the line; a level off it is first scaled onto it by 1 / (alpha + sigma)."""
+        if self.prediction == "sample":
+            return output
+        a, s = _bcast(alpha, x), _bcast(sigma, x)
+        return (x - s * output) / (a + s)
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return noise - x0 if self.prediction == "velocity" else x0
+
+    def denoiser(self, net: Callable, cond: "Conditioning") -> "DenoiseFn":
+        def denoise(x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            on_line = x / _bcast(alpha + sigma, x)  # the identity (up to rounding) on the process's own levels
+            return self.to_x0(net(on_line, self.net_time(alpha, sigma), cond), x, alpha, sigma)
+        return denoise
+
+    def loss_weights(self, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """min(SNR, gamma) on the x0 error, which is sigma / (alpha + sigma) times the velocity
+        error: min(alpha^2, gamma sigma^2) / (alpha + sigma)^2; min(SNR, gamma) for ``sample``."""
+        a, s = alpha.float(), sigma.float()
+        if self.prediction == "velocity":
+            return torch.minimum(a**2, self.snr_gamma * s**2) / (a + s) ** 2
+        return super().loss_weights(alpha, sigma)
+
+    def _draw_levels(self, n, generator, device):
+        if self.time_sampling == "uniform":
+            t = _draw_uniform(n, generator, device)
+        else:
+            t = torch.sigmoid(self.logit_mean + self.logit_std * _draw_standard_normal(n, generator, device))
+        return t * self.time_scale, 1 - t, t
+
+    def __repr__(self) -> str:
+        return (f"RectifiedFlow(prediction={self.prediction}, shift={self.shift}, "
+                f"time_sampling={self.time_sampling})")

@@ -13,6 +13,11 @@ Noise (DDPM, DDIM with eta > 0) is drawn once per step after the network call, a
 ``torch.randn(x.shape, generator=generator)`` on the generator's device: the same draws
 diffusers' DDPMScheduler.step / DDIMScheduler.step make with the same generator.
 
+Samplers assume nothing of the levels beyond ``x_t = alpha x0 + sigma eps``: variance
+preserving, a linear flow (alpha = 1 - sigma, starting at alpha = 0) and variance exploding
+(alpha = 1, sigma up to 80) schedules all run through each. :func:`initial_noise` draws the
+x_T a schedule starts from (unit noise scaled to its first level).
+
 The registry holds small frozen dataclasses (:class:`DDPM`, :class:`DDIM`, :class:`VSampler`)
 whose fields are the sampler's options, so a recipe node ``{type: ddim, eta: 0.5}`` builds a
 sampler; the maths is in the plain functions ``sample_*``.
@@ -20,12 +25,13 @@ sampler; the maths is in the plain functions ``sample_*``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
-from .processes import _draw_normal
+from .processes import _draw_normal, _to_device
 
 Callback = Callable[[int, int, torch.Tensor], None]
 
@@ -94,6 +100,15 @@ def sample_ddim(denoise: Callable, x: torch.Tensor, schedule: torch.Tensor, *,
     return x
 
 
+def _vp_radius(alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """r = sqrt(alpha^2 + sigma^2) per level: dividing a level (and x) by r gives the
+    variance-preserving level with the same signal-to-noise ratio. Snapped to exactly 1
+    where a level is variance preserving up to float32 rounding, so those levels take the
+    reference's arithmetic bit for bit."""
+    r = (alpha**2 + sigma**2).sqrt()
+    return torch.where((r - 1).abs() < 1e-6, torch.ones_like(r), r)
+
+
 @torch.no_grad()
 def sample_v(denoise: Callable, x: torch.Tensor, schedule: torch.Tensor, *,
              generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
@@ -101,19 +116,61 @@ def sample_v(denoise: Callable, x: torch.Tensor, schedule: torch.Tensor, *,
     velocity, x0_hat = alpha x - sigma v, eps_hat = sigma x + alpha v, then
     x_s = alpha_s x0_hat + sigma_s eps_hat.
 
-    For variance-preserving schedules (alpha^2 + sigma^2 = 1, every built-in process) this
-    is DDIM with eta 0 in exact arithmetic, computed through v as the reference does.
-    Deterministic: ``generator`` is accepted for the common signature and unused.
+    The rotation needs alpha^2 + sigma^2 = 1. A level off the circle (a linear flow, a
+    variance-exploding process) is mapped to the variance-preserving level with its
+    signal-to-noise ratio, (x, alpha, sigma) / r with r = sqrt(alpha^2 + sigma^2), rotated
+    there, and scaled back by the next level's r. On variance-preserving schedules r is 1
+    and this is the reference's arithmetic; on any schedule it is DDIM with eta 0 in exact
+    arithmetic. Deterministic: ``generator`` is accepted for the common signature and unused.
     """
     alpha, sigma = _levels(x, schedule)
     steps, batch = alpha.shape[0] - 1, x.shape[0]
+    r = _vp_radius(alpha, sigma)
+    a_vp, s_vp = alpha / r, sigma / r
     for i in range(steps):
         x0 = denoise(x, alpha[i].expand(batch), sigma[i].expand(batch))
-        v = (alpha[i] * x - x0) / sigma[i]
-        eps = sigma[i] * x + alpha[i] * v
-        x = alpha[i + 1] * x0 + sigma[i + 1] * eps
+        x_vp = x / r[i]
+        v = (a_vp[i] * x_vp - x0) / s_vp[i]
+        eps = s_vp[i] * x_vp + a_vp[i] * v
+        x = r[i + 1] * (a_vp[i + 1] * x0 + s_vp[i + 1] * eps)
         _report(callback, i, steps, x)
     return x
+
+
+def start_scale(schedule: torch.Tensor) -> float:
+    """r0 = sqrt(alpha_0^2 + sigma_0^2) of a schedule's first row: the spread of unit-variance
+    data noised to that level (sigma_0 for a variance-exploding process, 1 for a
+    variance-preserving one). Within 1e-4 of 1 it is exactly 1, so a variance-preserving
+    schedule starts from the unit noise diffusers' pipelines start from (``init_noise_sigma`` 1)."""
+    if schedule.dim() != 2 or schedule.shape[1] != 2 or schedule.shape[0] < 1:
+        raise ValueError(f"a schedule is [S+1, 2] (alpha, sigma), got {tuple(schedule.shape)}")
+    alpha0, sigma0 = (float(v) for v in schedule[0])
+    r0 = math.hypot(alpha0, sigma0)
+    if not (math.isfinite(r0) and r0 > 0):
+        raise ValueError(f"the schedule's first level ({alpha0}, {sigma0}) has no spread to draw noise at")
+    return 1.0 if abs(r0 - 1.0) < 1e-4 else r0
+
+
+def initial_noise(schedule: torch.Tensor, shape: Sequence[int], *, generator: torch.Generator | None = None,
+                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """x_T for sampling ``schedule`` from its first row: standard normal noise of ``shape``
+    times r0 = sqrt(alpha_0^2 + sigma_0^2), the spread of unit-variance data noised to that
+    level (sigma_0 for a variance-exploding process, 1 for a variance-preserving one).
+
+    With a generator the noise is drawn on the generator's device and moved to ``device``
+    (diffusers' ``randn_tensor``), so a CPU generator gives the same numbers everywhere.
+    A variance-preserving first row gives exactly the unit noise (r0 within 1e-4 of 1 is
+    taken as 1), which is what diffusers' pipelines start from (``init_noise_sigma`` 1).
+    """
+    r0 = start_scale(schedule)
+    target = torch.device(device) if device is not None else (generator.device if generator is not None
+                                                               else torch.device("cpu"))
+    if generator is None:
+        noise = torch.randn(tuple(shape), device=target, dtype=dtype)
+    else:
+        noise = _to_device(torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=dtype),
+                           target)
+    return noise if r0 == 1.0 else noise * r0
 
 
 # -- registry factories: the options of each sampler ---------------------------------------------

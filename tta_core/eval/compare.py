@@ -110,6 +110,18 @@ def recipe_set(recipe: Any, registry: Any, role: str = "reference") -> AudioSet:
 
 
 
+def default_embedder(registry: Any) -> dict:
+    """The embedder of ``tta-run eval`` when neither ``--embedder`` nor the recipe's
+    ``eval.embedder`` names one (as when two folders are compared without a recipe): the one a
+    plugin registered as the default embedder."""
+    from ..errors import UsageError
+
+    name = registry.default("embedder")
+    if name is None:
+        raise UsageError("name an embedder with --embedder (or the recipe's eval.embedder): no plugin offers a "
+                         f"default one. Registered: {', '.join(registry.names('embedder')) or 'none'}")
+    return {"type": name}
+
 
 def spec_of(text: Any) -> dict | None:
     """An embedder given as a name (``clap``) or a YAML mapping with ``type`` (``'{type: panns,

@@ -13,12 +13,12 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
+from ..interfaces import has_text
 
 
 def scores(embedder: Any, prompt: str, waves: torch.Tensor, sample_rate: int) -> torch.Tensor:
     """waves [K, N] or [K, C, N] at ``sample_rate`` -> cosine similarity to ``prompt`` [K]."""
-    if not callable(getattr(embedder, "embed_text", None)):
-        raise UsageError(f"--rerank needs a text-audio embedder (clap); '{embedder.name}' has no text side")
+    _check_text_side(embedder)
     import torchaudio.functional as AF
 
     waves = waves.float().cpu()
@@ -33,19 +33,24 @@ def scores(embedder: Any, prompt: str, waves: torch.Tensor, sample_rate: int) ->
 
 
 def ranker(spec: Any, registry: Any, *, recipe: Any = None, device: str | None = None) -> Any:
-    """The embedder ``spec`` names (a name, a YAML mapping or a node; a bare ``clap`` means the
-    recipe's ``eval.text_embedder`` when it has one), refused before anything is generated
-    when it has no text side."""
+    """The embedder ``spec`` names (a name, a YAML mapping or a node; a bare name of the same
+    type as the recipe's ``eval.text_embedder`` means that node, with its settings), refused
+    before anything is generated when it has no text side."""
     from .compare import embedder_from_spec, spec_of
 
     node = spec_of(spec)
-    configured = (recipe.get("eval") or {}).get("text_embedder") if recipe is not None else None
-    if node["type"] == "clap" and len(node) == 1 and configured:
-        node = spec_of(configured)  # the recipe says which CLAP checkpoint
+    configured = spec_of((recipe.get("eval") or {}).get("text_embedder")) if recipe is not None else None
+    if len(node) == 1 and configured is not None and configured["type"] == node["type"]:
+        node = configured  # the recipe says which checkpoint of that model
     embedder = embedder_from_spec(node, registry, device)
-    if not callable(getattr(embedder, "embed_text", None)):
-        raise UsageError(f"--rerank needs a text-audio embedder (clap); '{embedder.name}' has no text side")
+    _check_text_side(embedder)
     return embedder
+
+
+def _check_text_side(embedder: Any) -> None:
+    if not has_text(embedder):
+        raise UsageError(f"reranking needs a text-audio embedder (one with embed_text); '{embedder.name}' has no "
+                         "text side")
 
 
 def best(embedder: Any, prompt: str, waves: torch.Tensor, sample_rate: int) -> tuple[int, list[float]]:

@@ -5,55 +5,52 @@ a small instance of your component (tiny random weights are enough) and it runs 
 through its paces: output shapes and dtypes, batch independence, determinism under a seed,
 moves to another dtype and to every available device. A violation raises
 :class:`ConformanceError` (an ``AssertionError``, so pytest shows it as a test failure) with
-a message that says what was expected. Use it from a test::
+a message that names the component and says what was expected. Use it from a test::
 
     from tta_core.testing.conformance import check_denoiser
 
     def test_my_unet_conforms():
         check_denoiser(MyUNet(channels=8), x=torch.randn(2, 4, 8, 8), cond=my_conditioning)
+
+One check per kind:
+
+- :func:`check_conditioner`, :func:`check_denoiser`, :func:`check_autoencoder`,
+  :func:`check_vocoder`, :func:`check_embedder`: the component on inputs you give.
+- :func:`check_sampler`: a sampler on a Gaussian toy problem whose exact denoiser is known
+  (:func:`gaussian_denoiser`), for any ``[S+1, 2]`` schedule.
+- :func:`check_process`: a process's schedules (most to least noisy), training pairs
+  (``x_t = alpha x0 + sigma eps``, seeded), the inversion of its network target, the times
+  it gives the network in training and in sampling, and its loss.
+- :func:`check_objective`: a training stage's objective on a tiny recipe, prepared as the
+  trainer prepares it (:func:`stage_context`): parameter groups, gradients that reach what
+  the stage trains and nothing frozen, losses replayable from the generator, validation
+  that writes only where it is told.
+- :func:`check_importer`: an importer on small source files in its format: weights that
+  fit the recipe it returns, sources untouched, the same result twice, other formats
+  refused with a TtaError.
+- :func:`check_dataset_reader`: a dataset reader on a small dataset: items that exist,
+  bad rows counted by reason, a missing or unreadable metadata file a clear error, the
+  dataset untouched.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable, Sequence
 
 import torch
 
 from ..interfaces import Conditioning
+from ._common import ConformanceError, _check_finite, _close, _eval, _fail, _moved, devices
+from .datasets import check_dataset_reader
+from .importers import check_importer
+from .objectives import check_objective, stage_context
+from .processes import check_process
 
-
-class ConformanceError(AssertionError):
-    pass
-
-
-def _fail(component: Any, message: str) -> None:
-    raise ConformanceError(f"{type(component).__name__}: {message}")
-
-
-def devices() -> list[str]:
-    """The devices to check on: the CPU, plus CUDA when present."""
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def _eval(component: Any) -> Any:
-    if isinstance(component, torch.nn.Module):
-        component.eval()
-    return component
-
-
-def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float = 1e-4) -> bool:
-    return a.shape == b.shape and torch.allclose(a.float().cpu(), b.float().cpu(), atol=atol, rtol=rtol)
-
-
-def _moved(component: Any, *args: Any) -> Any:
-    moved = copy.deepcopy(component)
-    return moved.to(*args) if isinstance(moved, torch.nn.Module) else moved
-
-
-def _check_finite(component: Any, name: str, t: torch.Tensor) -> None:
-    if not torch.isfinite(t).all():
-        _fail(component, f"{name} has NaN or Inf values")
+__all__ = [
+    "ConformanceError", "devices", "check_conditioning", "check_conditioner", "check_denoiser", "check_autoencoder",
+    "check_vocoder", "gaussian_denoiser", "check_sampler", "check_embedder", "check_process", "check_objective",
+    "stage_context", "check_importer", "check_dataset_reader",
+]
 
 
 def check_conditioning(component: Any, cond: Any, batch: int, what: str) -> None:

@@ -40,8 +40,7 @@ def prepared_mel_cache(ctx: Any):
         return None
     cache = mel_cache(cache_root, ctx.cache_audio or ctx.audio)
     recipe = getattr(ctx.recipe, "path", None)
-    default = Path("runs") / ctx.recipe.name
-    run_dir = None if Path(ctx.run_dir).resolve() == default.resolve() else ctx.run_dir
+    run_dir = None if Path(ctx.run_dir).resolve() == Path(ctx.recipe.run_dir).resolve() else ctx.run_dir
     cache.require_intact(recipe, run_dir)
     return cache
 

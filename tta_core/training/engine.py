@@ -30,6 +30,7 @@ from ..checkpoint import (Checkpoint, CheckpointContents, CheckpointDamaged, ato
                           resume_candidates, save_checkpoint)
 from ..errors import CheckpointError, TtaError, UsageError
 from ..interfaces import Conditioning
+from ..precision import ACCELERATE, resolve_precision
 from ..recipe import Recipe, build, component_kind
 from ..runs import RunDir, StageLock, has_params, stages_training, weights_file
 from ..yamlio import dump_yaml
@@ -37,8 +38,6 @@ from .data import EpochView, StreamBatchSampler
 from .stage import StageConfig
 
 log = logging.getLogger("tta.train")
-
-_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
 class TrainingStopped(TtaError):
@@ -91,15 +90,37 @@ class _Job:
     resume: Checkpoint | None
 
 
-def check_device(device: str | None) -> None:
-    """A UsageError for a --device training cannot use here: checked before anything is built."""
-    if device in (None, "auto", "cpu"):
-        return
+def launched() -> bool:
+    """Whether accelerate launch or torchrun started this process: accelerate then trains it on
+    the device the launcher gives it (cuda:<LOCAL_RANK>, or the CPU with --device cpu)."""
+    return int(os.environ.get("LOCAL_RANK", -1)) != -1 or int(os.environ.get("WORLD_SIZE", 1)) > 1
+
+
+def check_device(device: str | None) -> torch.device | None:
+    """The device ``--device`` asks training to use, as ``sample`` reads it (None: auto, CUDA
+    when available); a UsageError (exit 2) for one it cannot use here, checked before anything
+    is built: CUDA without CUDA, a GPU index this machine does not have, or an index under
+    a multi-process launch, where the launcher chooses each process's GPU."""
+    if device in (None, "auto"):
+        return None
+    if device == "cpu":
+        return torch.device("cpu")
     if not str(device).startswith("cuda"):
         raise UsageError(f"--device takes cpu, cuda or auto, got {device!r}")
-    from ..sampling import pick_device
+    from ..sampling.device import pick_device
 
-    pick_device(device)
+    chosen = pick_device(device)
+    if chosen.index is not None:
+        if launched():
+            raise UsageError(
+                f"--device {device}: under accelerate launch / torchrun each process trains on the GPU the launcher "
+                f"gives it (this one: cuda:{os.environ.get('LOCAL_RANK', 0)}), not on one --device names; give "
+                "--device cuda or leave it out, and choose the GPUs with CUDA_VISIBLE_DEVICES")
+        count = torch.cuda.device_count()
+        if chosen.index >= count:
+            raise UsageError(f"--device {device}: this machine has {count} CUDA device{'s' if count != 1 else ''} "
+                             f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})")
+    return chosen
 
 
 def _mix(*values: int) -> int:
@@ -115,7 +136,7 @@ class Trainer:
         recipe: Recipe,
         registry: Any,
         stage: StageConfig,
-        run_dir: str | os.PathLike,
+        run_dir: str | os.PathLike | None = None,  # default: the recipe's run directory
         *,
         stage_order: list[str],
         device: str | None = None,
@@ -131,7 +152,7 @@ class Trainer:
     ):
         check_device(device)
         self.recipe, self.registry, self.stage = recipe, registry, stage
-        self.run = RunDir(run_dir)
+        self.run = RunDir(recipe.run_dir if run_dir is None else run_dir)
         self.stage_order = stage_order
         self.device_name = device
         self.precision = precision or stage.precision
@@ -140,32 +161,29 @@ class Trainer:
         self.fresh, self.init_from, self.allow_partial = fresh, init_from or stage.init_from, allow_partial
         self.progress = progress
         self.memory_check = memory_check
-        if audio is None:
-            from ..data.config import AudioConfig
-
-            audio = AudioConfig.from_mapping(recipe.get("audio"))
-        self.audio = audio
+        self.audio = recipe.audio if audio is None else audio
         self._stop_signal: int | None = None
 
     # -- set-up -----------------------------------------------------------------------------
     def _accelerator(self):
         from accelerate import Accelerator
 
-        check_device(self.device_name)
-        cpu = self.device_name == "cpu" or (self.device_name in (None, "auto") and not torch.cuda.is_available())
+        device = check_device(self.device_name)
+        cpu = device.type == "cpu" if device is not None else not torch.cuda.is_available()
+        if device is not None and device.index is not None:
+            # one process: accelerate trains on the current CUDA device, so --device cuda:N makes it that one
+            torch.cuda.set_device(device)
         from accelerate.state import AcceleratorState
 
         # one process runs stage after stage, each with its own precision: accelerate keeps
         # the first Accelerator's settings process-wide unless told to forget them (the
         # distributed set-up, PartialState, is kept)
         AcceleratorState._reset_state()
-        from ..precision import resolve_precision
-
         requested = self.precision
-        self.precision = resolve_precision(requested, "cpu" if cpu else "cuda")
+        self.precision = resolve_precision(requested, "cpu" if cpu else device or "cuda")
         if requested == "auto":
             log.info("stage '%s': precision auto -> %s", self.stage.name, self.precision)
-        return Accelerator(cpu=cpu, mixed_precision=_PRECISION[self.precision])
+        return Accelerator(cpu=cpu, mixed_precision=ACCELERATE[self.precision])
 
     def _earlier_stages(self) -> list[str]:
         order = self.stage_order
@@ -176,7 +194,7 @@ class Trainer:
         for name, node in self.recipe.components.items():
             kinds[name] = component_kind(self.recipe, name, self.registry)
             components[name] = build(node, kinds[name], self.registry, where=f"components.{name}", audio=self.audio)
-        from ..sampling import resolve_roles
+        from ..roles import resolve_roles
 
         roles = resolve_roles(self.recipe, self.registry, strict=False)
         return components, roles
@@ -410,7 +428,7 @@ class Trainer:
         exactly as without them. Runs of several processes are not checked here (a CUDA
         out-of-memory error there still says which batch size to lower)."""
         from ..memory import available_bytes, format_bytes, measured_bytes, unchanged
-        from ..sampling import MEMORY_MARGIN
+        from ..sampling.estimate import MEMORY_MARGIN
 
         stage, device = self.stage, acc.device
         have = available_bytes(device)

@@ -176,9 +176,7 @@ class LatentDiffusion:
     def validate(self, ctx: Any, out_dir: Any) -> dict:
         """Generate a few clips from training captions with the current (EMA, when kept)
         weights, and write each as WAV + spectrogram PNG into ``out_dir``."""
-        import soundfile
-
-        from ..commands.sample import save_spectrogram
+        from ..media import save_spectrogram, write_audio
         from ..sampling import Pipeline
         from .datasets import items_for
 
@@ -201,7 +199,7 @@ class LatentDiffusion:
                 use[name].train(mode)
         out_dir.mkdir(parents=True, exist_ok=True)
         for i, (prompt, wave) in enumerate(zip(prompts, waves)):
-            soundfile.write(out_dir / f"{i:02d}.wav", wave.clamp(-1, 1).numpy(), rate, subtype="PCM_16")
+            write_audio(out_dir / f"{i:02d}.wav", wave, rate)
             save_spectrogram(out_dir / f"{i:02d}.png", wave, rate, ctx.audio, prompt)
         (out_dir / "prompts.txt").write_text("".join(f"{i:02d}\t{p}\n" for i, p in enumerate(prompts)))
         return {"clips": float(len(prompts))}

@@ -1,12 +1,25 @@
-"""A training stage's settings, read from one entry of the recipe's ``train:`` list."""
+"""A training stage's settings, read from one entry of the recipe's ``train:`` list.
+
+These dataclasses are the stage schema: the recipe validator reads its keys, types and ranges
+(``Annotated[..., Range(...)]``) from their fields (tta_core.recipe.fields_spec), so a new
+setting is added here and nowhere else.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 from ..errors import UsageError
+from ..precision import Precision
+from ..recipe import Component, Fraction, Positive, Range, Ref
+from ..registry import KINDS
 from ..yamlio import to_plain
+
+_AtLeast0 = Annotated[int, Range(min=0)]
+_AtLeast1 = Annotated[int, Range(min=1)]
+_NonNegative = Annotated[float, Range(min=0)]
+_Component = Annotated[str, Ref(*KINDS)]
 
 
 @dataclass(frozen=True)
@@ -14,54 +27,54 @@ class EMAConfig:
     """ema-pytorch's knobs. ``power`` 3/4 suits short runs; 2/3 runs of a million steps
     (the decay ramps up to ``beta`` as steps pass, so early EMA weights are not stale)."""
 
-    beta: float = 0.999
-    update_after_step: int = 0
-    update_every: int = 1
-    power: float = 3 / 4
+    beta: Fraction = 0.999
+    update_after_step: _AtLeast0 = 0
+    update_every: _AtLeast1 = 1
+    power: Positive = 3 / 4
 
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    type: str = "adamw"  # adamw | adam | sgd
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    eps: float = 1e-8
-    momentum: float = 0.0  # sgd only
+    type: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: Positive = 1e-4
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    weight_decay: _NonNegative = 0.0
+    eps: Positive = 1e-8
+    momentum: _NonNegative = 0.0  # sgd only
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    type: str = "constant"  # constant | cosine | linear (after warmup)
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
+    type: Literal["constant", "cosine", "linear"] = "constant"  # the shape after warmup
+    warmup_steps: _AtLeast0 = 0
+    min_lr_ratio: Fraction = 0.0
 
 
 @dataclass(frozen=True)
 class StageConfig:
     name: str
-    objective: Mapping[str, Any]
-    trains: tuple[str, ...] = ()
-    frozen: tuple[str, ...] = ()
+    objective: Annotated[Mapping[str, Any], Component("objective")]
+    trains: tuple[_Component, ...] = ()
+    frozen: tuple[_Component, ...] = ()
     init_from: str | None = None
-    max_steps: int = 1000
-    batch_size: int = 16
-    duration: float | None = None  # seconds per example in this stage; None: the recipe's audio.duration
-    grad_accum: int = 1
-    grad_clip: float | None = 1.0
-    precision: str = "fp32"
-    seed: int = 0
+    max_steps: _AtLeast0 = 1000  # 0: the starting weights, written as step 0
+    batch_size: _AtLeast1 = 16
+    duration: Annotated[float | None, Range(above=0)] = None  # seconds per example here; None: audio.duration
+    grad_accum: _AtLeast1 = 1
+    grad_clip: Positive | None = 1.0
+    precision: Precision = "fp32"
+    seed: _AtLeast0 = 0
     optimizer: OptimizerConfig = OptimizerConfig()
-    optimizers: Mapping[str, OptimizerConfig] = field(default_factory=dict)
+    optimizers: Mapping[str, OptimizerConfig] = field(default_factory=dict)  # per optimizer, by the objective's names
     lr_schedule: ScheduleConfig = ScheduleConfig()
     ema: EMAConfig | None = None
-    checkpoint_every: int = 500
-    validate_every: int = 0
-    keep_last: int = 2
-    milestones: tuple[int, ...] = ()
-    max_nonfinite: int = 5
-    num_workers: int = 0
-    log_every: int = 10
+    checkpoint_every: _AtLeast1 = 500
+    validate_every: _AtLeast0 = 0  # 0: no validation
+    keep_last: _AtLeast1 = 2
+    milestones: tuple[_AtLeast1, ...] = ()
+    max_nonfinite: _AtLeast1 = 5
+    num_workers: _AtLeast0 = 0
+    log_every: _AtLeast1 = 10
 
     def audio_for(self, audio: Any) -> Any:
         """The recipe's AudioConfig with this stage's ``duration``, when it has one; raises

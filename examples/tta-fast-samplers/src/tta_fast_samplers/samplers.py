@@ -5,10 +5,11 @@
 
 ``denoise(x, alpha [B], sigma [B])`` is the clean-signal (x0) estimate, ``schedule`` the
 process's [S+1, 2] (alpha, sigma) levels from most to least noisy. Nothing else of the
-process is known here, so each sampler works with every process (discrete VP, v-diffusion)
-and every denoiser. The first level may be pure noise (alpha = 0, v-diffusion's t = 1) and
-the last clean (sigma = 0); steps that a method cannot take there fall back to first order,
-as noted per sampler. Coefficients are computed once, before the loop, in float64.
+process is known here, so each sampler works with every process (discrete VP, v-diffusion,
+linear flow, variance exploding) and every denoiser. The first level may be pure noise
+(alpha = 0, v-diffusion's t = 1) and the last clean (sigma = 0); steps that a method
+cannot take there fall back to first order, as noted per sampler. Coefficients are
+computed once, before the loop, in float64.
 
 With ``lambda = log(alpha / sigma)`` and ``h = lambda_{i+1} - lambda_i``:
 

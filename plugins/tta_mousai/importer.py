@@ -49,7 +49,7 @@ class BirdsImporter:
                  registry: Any) -> Any:
         import torch
 
-        from tta_core.plugin import (Imported, audio_config, build, component_kind, load_recipe, read_tensors,
+        from tta_core.plugin import (Imported, build, component_kind, load_recipe, read_tensors,
                                      resolve_roles, shipped_recipe, state_dict_of, under)
 
         if not sources or len(sources) > 2:
@@ -64,7 +64,7 @@ class BirdsImporter:
         def expected(r: Any, name: str) -> list[str]:
             with torch.random.fork_rng(devices=[]):
                 module = build(r.components[name], component_kind(r, name, registry), registry,
-                               where=f"components.{name}", audio=audio_config(r))
+                               where=f"components.{name}", audio=r.audio)
             return list(module.state_dict())
 
         # the DiffAE's channel count, from its learned filterbank (read before its key names,

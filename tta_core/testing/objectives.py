@@ -20,7 +20,7 @@ def stage_context(recipe: Any, stage: str, run_dir: str | os.PathLike, *, regist
     (random weights: frozen ones are not loaded from earlier stages), moved to ``device``, the
     trained ones in train mode with gradients on and the others in eval mode without; the
     objective's own ``modules()`` beside them; ``ctx.run_dir`` is ``run_dir``."""
-    from ..plugin import StageContext, audio_config, build, load_recipe, resolve_roles
+    from ..plugin import StageContext, build, load_recipe, resolve_roles
     from ..recipe import check, component_kind
     from ..training.stage import parse_stage
 
@@ -35,7 +35,7 @@ def stage_context(recipe: Any, stage: str, run_dir: str | os.PathLike, *, regist
     if not raw:
         raise ValueError(f"the recipe has no stage '{stage}'")
     config = parse_stage(raw[0])
-    audio = audio_config(recipe)
+    audio = recipe.audio
     torch.manual_seed(config.seed)
     components = {name: build(node, component_kind(recipe, name, registry), registry, where=f"components.{name}",
                               audio=audio) for name, node in recipe.components.items()}

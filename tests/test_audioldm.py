@@ -420,6 +420,9 @@ def test_latent_cache_crops_on_the_latent_grid_and_a_changed_vae_gets_a_new_cach
     batch = collate([data[i] for i in range(4)] + [None])
     assert batch["latent"].shape == (4, 4, window, 32) and len(batch["caption"]) == 4
 
+    # checkpointing changes how the autoencoder trains, not its latents: the same cache folder
+    assert component_digest({**node, "gradient_checkpointing": True}, vae) == name
+    assert component_digest({**node, "channels": [8, 32]}, vae) != name
     with torch.no_grad():
         vae.vae.encoder.conv_in.weight.add_(0.01)
     assert component_digest(node, vae) != name  # retrained weights: a new cache folder

@@ -11,6 +11,10 @@ space, a model can train on the audio embeddings of its clips (``latent_diffusio
   carry DataParallel's ``module.`` prefix. It is loaded strictly, and only if it unpickles to
   tensors and plain containers (``tta_core.checkpoint.torch_load``). Without it the weights
   are random, which is only good for tests; sampling refuses a node without ``pretrained:``.
+- ``random_weights: true``: the network ``amodel`` / ``tmodel`` / ``enable_fusion`` describe,
+  with random weights, the checkpoint not read, and for ``tmodel: roberta`` hashed words over
+  RoBERTa's vocabulary size instead of its tokenizer files: nothing is read or downloaded. For
+  measuring a recipe at its published size without the weights.
 - ``amodel`` / ``tmodel`` / ``enable_fusion`` must match the checkpoint: the 630k-* files are
   HTSAT-tiny + roberta, the music_* ones HTSAT-base + roberta, the *fusion* ones need
   ``enable_fusion: true``.
@@ -58,7 +62,7 @@ import torch.nn.functional as F
 
 from tta_core.plugin import CheckpointError, Conditioning, TtaError, closest, import_inner_package
 
-from .pretrained import check_tokenizer
+from .pretrained import HashedWords, check_tokenizer
 
 #: roberta-base's architecture (its config.json); CLAP's roberta checkpoints hold all of its weights.
 ROBERTA_BASE = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -105,6 +109,7 @@ class CLAPConditioner(torch.nn.Module):
         tmodel: Literal["roberta", "transformer"] = "roberta",
         enable_fusion: bool = False,
         tokenizer: str | None = None,
+        random_weights: bool = False,
     ):
         super().__init__()
         if tmodel not in ("roberta", "transformer"):
@@ -119,7 +124,10 @@ class CLAPConditioner(torch.nn.Module):
 
         # the tokenizer first: a missing vocabulary fails before a 100M-parameter model is built
         self.tokenizer = None
-        if tmodel == "roberta":
+        if tmodel == "roberta" and random_weights:
+            self.tokenizer = HashedWords(ROBERTA_BASE["vocab_size"], bos_id=0, eos_id=2, pad_id=1,
+                                         model_max_length=CONTEXT)
+        elif tmodel == "roberta":
             from transformers import RobertaTokenizer
 
             source = tokenizer or "roberta-base"
@@ -130,7 +138,7 @@ class CLAPConditioner(torch.nn.Module):
                                f"{_ROBERTA_FILES}") from None
             check_tokenizer(self.tokenizer, source, expected=_ROBERTA_FILES, who="clap: ",
                             fix="set tokenizer: to a local folder with roberta-base's tokenizer files")
-        elif tokenizer is not None:
+        elif tokenizer is not None and tmodel == "transformer":
             raise ValueError("clap: tokenizer: is for tmodel: roberta; tmodel: transformer uses laion-clap's "
                              "bundled CLIP vocabulary")
 
@@ -143,7 +151,7 @@ class CLAPConditioner(torch.nn.Module):
         self.sample_rate = int(self.audio_cfg["sample_rate"])  # 48000
         self.clip_samples = int(self.audio_cfg["clip_samples"])  # 480000: 10 s
         self.width = int(self.model.joint_embed_shape)  # 512
-        if pretrained is not None:
+        if pretrained is not None and not random_weights:
             self.load_pretrained(pretrained)
         self.eval()
         self.requires_grad_(False)

@@ -11,6 +11,11 @@ of the empty prompt, the pipeline's unconditional input.
 - ``tokenizer``: the RoBERTa tokenizer's folder (a pipeline's ``tokenizer/``); default the
   ``pretrained`` folder. A tokenizer that comes back nearly empty (transformers' answer
   offline when the files are missing) is refused.
+- ``random_weights: true``: the network ``pretrained:`` names (its folder's config.json, or the
+  built-in ClapTextConfig of laion/clap-htsat-* and cvssp/audioldm-*, all roberta-base with a
+  512-wide projection) or ``config:`` describes, with random weights, tokenized by hashed words
+  over RoBERTa's vocabulary: nothing is read from the hub. For measuring a recipe at its
+  published size without the weights.
 - ``max_length``: default the tokenizer's ``model_max_length``, at most what the model's
   position table holds.
 
@@ -26,15 +31,50 @@ import torch.nn.functional as F
 
 from tta_core.plugin import Conditioning, TtaError
 
-from .pretrained import check_tokenizer
+from .pretrained import HashedWords, check_tokenizer, random_config
+
+#: The text tower of laion's CLAP checkpoints (ClapTextConfig: roberta-base with a 512-wide
+#: projection), AudioLDM's pipelines' ``text_encoder``, for ``random_weights``.
+_CLAP_TEXT = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                  intermediate_size=3072, hidden_act="gelu", max_position_embeddings=514, type_vocab_size=1,
+                  layer_norm_eps=1e-12, projection_dim=512, projection_hidden_act="relu", pad_token_id=1,
+                  bos_token_id=0, eos_token_id=2)
+CLAP_TEXT_CONFIGS = {name: _CLAP_TEXT for name in (
+    "laion/clap-htsat-unfused", "laion/clap-htsat-fused", "cvssp/audioldm", "cvssp/audioldm-s-full",
+    "cvssp/audioldm-s-full-v2", "cvssp/audioldm-m-full", "cvssp/audioldm-l-full")}
 
 
 class ClapTextConditioner(torch.nn.Module):
     def __init__(self, pretrained: str | None = None, config: Mapping[str, Any] | None = None,
-                 tokenizer: str | None = None, max_length: int | None = None):
+                 tokenizer: str | None = None, max_length: int | None = None, random_weights: bool = False):
         super().__init__()
         if (pretrained is None) == (config is None):
             raise ValueError("clap_text: give exactly one of pretrained: (a folder) or config: (a ClapTextConfig)")
+        if random_weights:
+            self._build_random(pretrained, config)
+        else:
+            self._load(pretrained, config, tokenizer)
+        positions = int(self.model.config.max_position_embeddings) - 2  # RoBERTa's offset of pad_id + 1
+        limit = min(int(getattr(self.tokenizer, "model_max_length", positions) or positions), positions)
+        self.max_length = min(int(max_length), positions) if max_length else limit
+        self.width = int(self.model.config.projection_dim)
+        self.eval()
+        self.requires_grad_(False)
+
+    def _build_random(self, pretrained: str | None, config: Mapping[str, Any] | None) -> None:
+        """The network, random; hashed words over RoBERTa's vocabulary with its special ids."""
+        from transformers import ClapTextConfig, ClapTextModelWithProjection
+
+        cfg = random_config(pretrained, CLAP_TEXT_CONFIGS, "clap_text", subfolder="text_encoder") \
+            if pretrained is not None else dict(config)
+        cfg = dict(cfg.get("text_config") or cfg)  # a whole ClapConfig holds the text tower's under text_config
+        cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version")}
+        self.model = ClapTextModelWithProjection(ClapTextConfig.from_dict(cfg))
+        c = self.model.config
+        self.tokenizer = HashedWords(int(c.vocab_size), bos_id=c.bos_token_id, eos_id=c.eos_token_id,
+                                     pad_id=c.pad_token_id, model_max_length=512)
+
+    def _load(self, pretrained: str | None, config: Mapping[str, Any] | None, tokenizer: str | None) -> None:
         source = tokenizer or pretrained
         if source is None:
             raise ValueError("clap_text: with config:, name the tokenizer's folder in tokenizer:")
@@ -52,12 +92,6 @@ class ClapTextConditioner(torch.nn.Module):
                            "pretrained: and tokenizer: at local folders.") from None
         check_tokenizer(self.tokenizer, source, minimum=50, expected="vocab.json and merges.txt",
                         who="clap_text: ", fix="point tokenizer: at a complete local copy")
-        positions = int(self.model.config.max_position_embeddings) - 2  # RoBERTa's offset of pad_id + 1
-        limit = min(int(getattr(self.tokenizer, "model_max_length", positions) or positions), positions)
-        self.max_length = min(int(max_length), positions) if max_length else limit
-        self.width = int(self.model.config.projection_dim)
-        self.eval()
-        self.requires_grad_(False)
 
     def encode_text(self, texts: list[str]) -> Conditioning:
         device = next(self.model.parameters()).device

@@ -37,6 +37,12 @@ longest prompt, zeroes the pad positions and masks them out (mask True exactly o
 tokens: the start token where the tokenizer has one, the text's, the end token). Prompts longer than ``max_length`` are truncated
 (keeping the end token) with a warning.
 
+``random_weights: true`` builds the network ``pretrained:`` names with random weights, reading
+nothing from the hub: the configuration from the folder's config.json, or the built-in text
+tower of openai/clip-vit-large-patch14, -base-patch32 or -base-patch16 (:data:`CLIP_TEXT_CONFIGS`),
+tokenized as ``config.tokenizer: words`` over the real vocabulary size. ``gradient_checkpointing:
+true`` recomputes each layer's activations in the backward pass instead of keeping them.
+
 ``null(B)`` is the encoding of the empty prompt (start and end token only), SD's
 unconditional input.
 """
@@ -51,7 +57,7 @@ import torch
 
 from tta_core.plugin import Conditioning, TtaError, closest
 
-from .pretrained import check_tokenizer
+from .pretrained import check_tokenizer, checkpoint_layers, random_config
 from .t5 import ByteTokenizer, WordHashTokenizer
 
 log = logging.getLogger("tta.text")
@@ -65,6 +71,20 @@ _BOOKKEEPING = {"_name_or_path", "architectures", "transformers_version", "model
 _ID_KEYS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
 
 
+def _clip_text(hidden: int, layers: int, heads: int, projection: int) -> dict[str, Any]:
+    return dict(vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                num_attention_heads=heads, max_position_embeddings=77, hidden_act="quick_gelu",
+                projection_dim=projection, layer_norm_eps=1e-5)
+
+
+#: The text towers of well-known CLIP checkpoints (their config.json's text_config), for ``random_weights``.
+CLIP_TEXT_CONFIGS = {
+    "openai/clip-vit-large-patch14": _clip_text(768, 12, 12, 768),
+    "openai/clip-vit-base-patch32": _clip_text(512, 12, 8, 512),
+    "openai/clip-vit-base-patch16": _clip_text(512, 12, 8, 512),
+}
+
+
 class CLIPTextConditioner(torch.nn.Module):
     def __init__(
         self,
@@ -74,6 +94,8 @@ class CLIPTextConditioner(torch.nn.Module):
         max_length: int | None = None,  # tokens per prompt, start and end included; default 77
         padding: str = "max_length",
         projection: bool = False,  # pooled = CLIPTextModelWithProjection's text_embeds
+        random_weights: bool = False,
+        gradient_checkpointing: bool = False,
     ):
         super().__init__()
         if (pretrained is None) == (config is None):
@@ -82,7 +104,11 @@ class CLIPTextConditioner(torch.nn.Module):
             raise ValueError(f"clip: padding is 'max_length' or 'longest', got {padding!r}")
         self.padding = padding
         self.hashed: ByteTokenizer | None = None  # the bytes / words tokenizer, when there is no tokenizer folder
-        if pretrained is not None:
+        if pretrained is not None and random_weights:
+            self.model = self._random_model(pretrained, projection)
+            self.eval()
+            self.requires_grad_(False)
+        elif pretrained is not None:
             self.tokenizer = _load_tokenizer(tokenizer or pretrained)
             self.model = _load_model(pretrained, projection)
             self.eval()
@@ -101,7 +127,21 @@ class CLIPTextConditioner(torch.nn.Module):
         self.width = int(self.model.config.hidden_size)
         self.pooled_width = int(self.model.config.projection_dim) if projection else self.width
         self.projection = bool(projection)
+        if gradient_checkpointing:
+            checkpoint_layers(self.model)
         self._warned = False
+
+    def _random_model(self, source: str, projection: bool) -> torch.nn.Module:
+        """The network ``source`` names, with random weights, and hashed words over its vocabulary."""
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+        cfg = random_config(source, CLIP_TEXT_CONFIGS, "clip")
+        cfg = dict(cfg.get("text_config") or cfg)  # a whole CLIPConfig holds the text tower's under text_config
+        self.hashed = WordHashTokenizer(int(cfg.get("vocab_size", 49408)))
+        ids = {"vocab_size": self.hashed.vocab_size, "pad_token_id": self.hashed.pad_id,
+               "eos_token_id": self.hashed.eos_id, "bos_token_id": None}
+        config = CLIPTextConfig.from_dict({**{k: v for k, v in cfg.items() if k not in _BOOKKEEPING}, **ids})
+        return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
 
     def _new_model(self, cfg: dict[str, Any], tokenizer: str | None, projection: bool) -> torch.nn.Module:
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection

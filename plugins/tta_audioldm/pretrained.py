@@ -1,9 +1,12 @@
-"""Checks shared by the conditioners that load pretrained parts from the hub or a folder."""
+"""What the components that load pretrained parts from the hub or a folder share: the
+tokenizer check, and the configurations and tokenizer of builds with random weights."""
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping
 
 from tta_core.plugin import TtaError
 
@@ -23,3 +26,70 @@ def check_tokenizer(tokenizer: Any, source: str, minimum: int = 100, expected: s
             f"{who}the tokenizer loaded from {source} has only {size} tokens: its vocabulary files are missing "
             f"(expected {expected}; found: {present}). Download the model once with network access, or {fix}."
         )
+
+
+def random_config(source: str, table: Mapping[str, Mapping[str, Any]], who: str, subfolder: str = "") -> dict:
+    """The configuration of ``source`` for a build with random weights, read without the hub:
+    a local folder's ``config.json``; else the built-in configuration of a well-known model,
+    matched by its hub id, or by its name after the owner (so that ``checkpoints/flan-t5-large``,
+    a copy not yet downloaded, builds FLAN-T5-large), with or without ``subfolder``."""
+    folder = Path(source)
+    if folder.is_dir():
+        file = folder / "config.json"
+        if not file.is_file():
+            raise ValueError(f"{who}: random_weights: the folder {source} has no config.json to build the network from")
+        return json.loads(file.read_text())
+    path = str(source).rstrip("/")
+    if subfolder and path.endswith("/" + subfolder):
+        path = path[: -len(subfolder) - 1]
+    for key, config in table.items():
+        name = key.split("/")[-1]
+        if path in (key, name) or path.endswith("/" + name):
+            return dict(config)
+    raise ValueError(f"{who}: random_weights: {source!r} is neither a local folder nor a model whose configuration "
+                     f"is built in ({', '.join(sorted(table))}); point pretrained: at a local folder with its "
+                     "config.json")
+
+
+class HashedWords:
+    """A tokenizer that needs no vocabulary file, for networks built with random weights and a
+    real vocabulary size: lower-cased words hashed into ``vocab_size`` ids, between the model's
+    own start, end and padding ids; called as transformers' tokenizers are."""
+
+    def __init__(self, vocab_size: int, bos_id: int | None, eos_id: int, pad_id: int, model_max_length: int):
+        from .t5 import WordHashTokenizer  # imported late: t5 imports this module
+
+        self.words = WordHashTokenizer(vocab_size)
+        self.vocab_size, self.model_max_length = vocab_size, model_max_length
+        self.bos_token_id, self.eos_token_id, self.pad_token_id = bos_id, eos_id, pad_id
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __call__(self, texts: list[str], padding: bool | str = True, truncation: bool = False,
+                 max_length: int | None = None, return_tensors: str | None = None, **_: Any) -> Any:
+        import torch
+        from transformers import BatchEncoding
+
+        start = [] if self.bos_token_id is None else [self.bos_token_id]
+        rows = [start + self.words.ids_of(text) + [self.eos_token_id] for text in texts]
+        if truncation and max_length:
+            rows = [row if len(row) <= max_length else row[: max_length - 1] + [self.eos_token_id] for row in rows]
+        if return_tensors is None:
+            return BatchEncoding({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
+        length = max_length if padding == "max_length" and max_length else max(len(r) for r in rows)
+        ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+        return BatchEncoding({"input_ids": ids, "attention_mask": mask})
+
+
+def checkpoint_layers(model: Any) -> None:
+    """Turn on a transformers model's gradient checkpointing, non-reentrant (it recomputes each
+    layer in the backward pass, and works when the inputs need no gradient)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -7,6 +7,14 @@ cache, honouring HF_HUB_OFFLINE), kept frozen unless a stage lists it in ``train
 words`` (each lower-cased word hashed into ``vocab_size`` ids, default 4096: the model sees
 words without having to learn to spell them).
 
+``random_weights: true`` builds the network ``pretrained:`` names with random weights and reads
+nothing from the hub: the configuration from the folder's config.json, or, for a hub id, the
+built-in one of t5-small / -base / -large and google/flan-t5-small / -base / -large
+(:data:`T5_CONFIGS`); the tokenizer is then ``words`` over the model's real vocabulary size, so
+the embedding table has its real size. For measuring a recipe at its published size without
+the weights. ``gradient_checkpointing: true`` recomputes each layer's activations in the
+backward pass instead of keeping them (less memory, about a third more compute when trained).
+
 Conditioning: tokens [B, L, d_model] (padding masked), mask [B, L], and pooled [B, d_model],
 the masked mean of the tokens, for denoisers that also take a vector. ``null(B)`` is the
 encoding of the empty prompt, which caption dropout trains the model to treat as "no text".
@@ -27,9 +35,30 @@ import torch
 
 from tta_core.plugin import Conditioning, TtaError
 
-from .pretrained import check_tokenizer
+from .pretrained import check_tokenizer, checkpoint_layers, random_config
 
 log = logging.getLogger("tta.text")
+
+
+def _t5(d_model: int, d_ff: int, heads: int, layers: int, gated: bool) -> dict[str, Any]:
+    return dict(vocab_size=32128, d_model=d_model, d_kv=64, d_ff=d_ff, num_heads=heads, num_layers=layers,
+                feed_forward_proj="gated-gelu" if gated else "relu", tie_word_embeddings=not gated,
+                relative_attention_num_buckets=32, dropout_rate=0.1, layer_norm_epsilon=1e-6,
+                pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+
+
+#: The hub's configurations (config.json) of the T5 encoders recipes name, for ``random_weights``.
+T5_CONFIGS = {
+    "t5-small": _t5(512, 2048, 8, 6, gated=False),
+    "t5-base": _t5(768, 3072, 12, 12, gated=False),
+    "t5-large": _t5(1024, 4096, 16, 24, gated=False),
+    "google-t5/t5-small": _t5(512, 2048, 8, 6, gated=False),
+    "google-t5/t5-base": _t5(768, 3072, 12, 12, gated=False),
+    "google-t5/t5-large": _t5(1024, 4096, 16, 24, gated=False),
+    "google/flan-t5-small": _t5(512, 1024, 6, 8, gated=True),
+    "google/flan-t5-base": _t5(768, 2048, 12, 12, gated=True),
+    "google/flan-t5-large": _t5(1024, 2816, 16, 24, gated=True),
+}
 
 
 class ByteTokenizer:
@@ -81,6 +110,8 @@ class T5Conditioner(torch.nn.Module):
         config: Mapping[str, Any] | None = None,
         max_length: int = 128,
         padding: str = "longest",
+        random_weights: bool = False,
+        gradient_checkpointing: bool = False,
     ):
         super().__init__()
         if (pretrained is None) == (config is None):
@@ -90,7 +121,10 @@ class T5Conditioner(torch.nn.Module):
         from transformers import T5Config, T5EncoderModel
 
         self.max_length, self.padding = max_length, padding
-        if pretrained is not None:
+        if pretrained is not None and random_weights:
+            self.encoder = T5EncoderModel(T5Config.from_dict(random_config(pretrained, T5_CONFIGS, "t5")))
+            self.bytes = WordHashTokenizer(int(self.encoder.config.vocab_size))
+        elif pretrained is not None:
             from transformers import AutoTokenizer
 
             try:
@@ -120,6 +154,8 @@ class T5Conditioner(torch.nn.Module):
                 raise ValueError(f"t5 config: unknown keys {sorted(cfg)}; known: d_model, num_heads, d_kv, d_ff, "
                                  "num_layers, dropout, tokenizer (bytes or words), vocab_size (words)")
             self.bytes = tokenizer
+        if gradient_checkpointing:
+            checkpoint_layers(self.encoder)
         self.width = self.encoder.config.d_model
         self._warned = False
 

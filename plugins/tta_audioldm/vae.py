@@ -18,6 +18,10 @@ the log-mel as it is (0 and 1, the defaults, and what imported weights expect); 
 from scratch on a small budget learns several times faster from centred input (the log-mel's
 silence floor sits near -11.5, so a decoder without the offset spends its first hundreds of
 steps learning a bias).
+
+``gradient_checkpointing: true``: the encoder's and decoder's blocks recompute their
+activations in the backward pass instead of keeping them (diffusers' gradient checkpointing):
+less memory while the VAE trains, more compute; nothing changes when it is frozen.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class KLVAE(torch.nn.Module):
         mel_mean: float = 0.0,
         mel_std: float = 1.0,
         diffusers_config: dict | None = None,
+        gradient_checkpointing: bool = False,
         audio=None,
     ):
         super().__init__()
@@ -83,6 +88,8 @@ class KLVAE(torch.nn.Module):
                 block_out_channels=channels, layers_per_block=layers_per_block,
                 norm_num_groups=norm_groups, mid_block_add_attention=mid_attention,
             )
+        if gradient_checkpointing:
+            self.vae.enable_gradient_checkpointing()
         self.latent_channels = latent_channels
         self.ratio = 2 ** (len(channels) - 1)
         self.n_mels = audio.mel.n_mels if audio is not None else 64

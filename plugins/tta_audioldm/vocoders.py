@@ -51,18 +51,32 @@ AUDIOLDM_HIFIGAN = dict(
     resblock_kernel_sizes=[3, 7, 11], resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]],
     normalize_before=False,
 )
+#: AudioLDM's pipelines on the hub, whose ``vocoder/`` is that HiFi-GAN, for ``random_weights``.
+HIFIGAN_CONFIGS = {name: AUDIOLDM_HIFIGAN for name in (
+    "cvssp/audioldm", "cvssp/audioldm-s-full", "cvssp/audioldm-s-full-v2", "cvssp/audioldm-m-full",
+    "cvssp/audioldm-l-full")}
 
 
 class HiFiGAN(torch.nn.Module):
     """``pretrained:`` a folder saved by transformers (config.json + weights), e.g. the
     ``vocoder/`` folder of a diffusers AudioLDM pipeline. ``config:`` overrides AudioLDM's
-    configuration for a new, untrained vocoder."""
+    configuration for a new, untrained vocoder. ``random_weights: true`` builds the network
+    ``pretrained:`` names with random weights and reads no weights: the configuration from the
+    folder's config.json, or for a folder not there that is named after an AudioLDM pipeline
+    (``.../audioldm-s-full-v2/vocoder``) or its hub id, AudioLDM's."""
 
-    def __init__(self, pretrained: str | None = None, config: Mapping[str, Any] | None = None, audio=None):
+    def __init__(self, pretrained: str | None = None, config: Mapping[str, Any] | None = None, audio=None,
+                 random_weights: bool = False):
         super().__init__()
         from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
 
-        if pretrained is not None:
+        if pretrained is not None and random_weights:
+            from .pretrained import random_config
+
+            cfg = random_config(pretrained, HIFIGAN_CONFIGS, "hifigan", subfolder="vocoder")
+            cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version")}
+            self.net = SpeechT5HifiGan(SpeechT5HifiGanConfig.from_dict({**cfg, **dict(config or {})}))
+        elif pretrained is not None:
             try:
                 self.net = SpeechT5HifiGan.from_pretrained(pretrained)
             except OSError as exc:

@@ -10,7 +10,8 @@ self-``attentions`` and ``cross_attentions`` (0 or 1), as in audio-diffusion-pyt
 The unconditional input is learned, as audio-diffusion-pytorch's ``use_embedding_cfg``: a
 fixed-length embedding that is part of this network (:meth:`null`). Caption dropout and
 classifier-free guidance use it in place of the conditioner's ``null`` (see the Denoiser
-contract). The module is built by audio-diffusion-pytorch's own ``UNetV0`` with that plugin,
+contract). ``gradient_checkpointing: true`` recomputes each block's activations in the backward
+pass instead of keeping them while training (less memory, more compute). The module is built by audio-diffusion-pytorch's own ``UNetV0`` with that plugin,
 so its state dict has the reference's names.
 """
 
@@ -41,6 +42,7 @@ class UNet1D(RebuildOnCopy, torch.nn.Module):
         embedding_max_length: int = 128,
         resnet_groups: int = 8,
         modulation_features: int = 1024,
+        gradient_checkpointing: bool = False,
     ):
         super().__init__()
         from audio_diffusion_pytorch import UNetV0
@@ -49,7 +51,8 @@ class UNet1D(RebuildOnCopy, torch.nn.Module):
                           attentions=tuple(attentions), cross_attentions=tuple(cross_attentions),
                           attention_heads=attention_heads, attention_features=attention_features,
                           embedding_features=embedding_features, embedding_max_length=embedding_max_length,
-                          resnet_groups=resnet_groups, modulation_features=modulation_features)
+                          resnet_groups=resnet_groups, modulation_features=modulation_features,
+                          gradient_checkpointing=gradient_checkpointing)
 
         levels = len(channels)
         for name, value in (("factors", factors), ("items", items), ("attentions", attentions),
@@ -69,6 +72,8 @@ class UNet1D(RebuildOnCopy, torch.nn.Module):
             modulation_features=modulation_features,
         )
         self.multiple = math.prod(factors)
+        if gradient_checkpointing:
+            _checkpoint_items(self.net)
         # the plugin's learned null, one vector per position: found by name, so that the
         # state dict holds it once, under the reference's name
         self._null_name = next(name for name, m in self.net.named_modules() if isinstance(m, torch.nn.Embedding)
@@ -102,3 +107,28 @@ class UNet1D(RebuildOnCopy, torch.nn.Module):
         if pad:
             x = torch.nn.functional.pad(x, (0, pad))
         return self.net(x, time=t.to(x.dtype), embedding=self._embedding(cond))[..., :n]
+
+
+def _checkpoint_items(net: torch.nn.Module) -> None:
+    """Recompute each item of every level (resnet, attention, cross-attention, modulation,
+    resampling) in the backward pass instead of keeping its activations, while training.
+    Each item's ``forward`` is wrapped in place, so the module tree and the state dict keep
+    the reference's names; the nested levels are items of their parent too, and are left
+    unwrapped, so nothing is recomputed twice."""
+    from a_unet.apex import Block
+    from torch.utils.checkpoint import checkpoint
+
+    def wrap(item: torch.nn.Module) -> None:
+        forward = item.forward
+
+        def checkpointed(*args, **kwargs):
+            if item.training and torch.is_grad_enabled():
+                return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+            return forward(*args, **kwargs)
+
+        item.forward = checkpointed
+
+    for level in [m for m in net.modules() if isinstance(m, Block)]:
+        for item in level.block.blocks:
+            if not isinstance(item, Block):
+                wrap(item)

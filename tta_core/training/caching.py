@@ -49,8 +49,16 @@ def weights_digest(module: Any) -> str:
     return h.hexdigest()[:16]
 
 
+#: Recipe settings of a component that change how it trains, never what it computes: a cache
+#: made without them is still valid with them.
+OUTPUT_NEUTRAL = frozenset({"gradient_checkpointing"})
+
+
 def component_digest(node: Any, module: Any) -> str:
-    """What names a component's cached outputs: its recipe node and its weights."""
+    """What names a component's cached outputs: its recipe node (less the settings that do not
+    change its outputs, :data:`OUTPUT_NEUTRAL`) and its weights."""
+    if isinstance(node, dict):
+        node = {k: v for k, v in node.items() if k not in OUTPUT_NEUTRAL}
     return digest({"node": node, "weights": weights_digest(module)})
 
 

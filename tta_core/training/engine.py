@@ -374,7 +374,7 @@ class Trainer:
 
         groups = objective.parameter_groups(ctx)
         param_lists = {name: list(params) for name, params in groups.items()}
-        optimizers = {name: _make_optimizer(stage.optimizer_for(name), params) for name, params in param_lists.items()}
+        optimizers = {name: make_optimizer(stage.optimizer_for(name), params) for name, params in param_lists.items()}
         schedulers = {name: _make_scheduler(opt, stage, self.max_steps) for name, opt in optimizers.items()}
 
         emas = {}
@@ -422,10 +422,9 @@ class Trainer:
         of the first batch instead (after one unmeasured call, for what a first call makes
         once), its tensors counted (tta_core.memory.measured_bytes), and the peak is
         extrapolated linearly to ``batch_size`` (activations grow with the batch,
-        gradients do not). Added: the optimizer's state (Adam keeps two copies of the trained
-        weights), then a margin for what allocators add (sampling.MEMORY_MARGIN). Every
-        buffer, attribute and gradient the trial steps touch is put back, so training goes on
-        exactly as without them. Runs of several processes are not checked here (a CUDA
+        gradients do not). Added: the optimizer's state (:func:`optimizer_state_bytes`), then
+        a margin for what allocators add (sampling.MEMORY_MARGIN). Every buffer, attribute and
+        gradient the trial steps touch is put back, so training goes on exactly as without them. Runs of several processes are not checked here (a CUDA
         out-of-memory error there still says which batch size to lower)."""
         from ..memory import available_bytes, format_bytes, measured_bytes, unchanged
         from ..sampling.estimate import MEMORY_MARGIN
@@ -438,7 +437,7 @@ class Trainer:
 
         def step(items: Any) -> None:
             with acc.autocast():
-                out = job.objective.losses(_to_device(items, device), job.start, torch.Generator(device=device))
+                out = job.objective.losses(to_device(items, device), job.start, torch.Generator(device=device))
             sum(v.float().sum() for k, v in out.items() if not k.startswith("log/")).backward()
 
         parts = [job.objective, *job.ctx.components.values()]
@@ -457,7 +456,8 @@ class Trainer:
             with torch.no_grad():
                 for b, value in zip(buffers, saved):
                     b.copy_(value)
-        state = 2 * sum(p.numel() * p.element_size() for params in job.param_lists.values() for p in params)
+        state = sum(optimizer_state_bytes(stage.optimizer_for(name), [p.shape for p in params])
+                    for name, params in job.param_lists.items())
         per_item = max(0.0, (many - one) / (probe - 1)) if probe > 1 else 0.0
         peak = many if stage.batch_size == probe else one + per_item * (stage.batch_size - 1)
         need = int((peak + state) * MEMORY_MARGIN)
@@ -579,7 +579,7 @@ class Trainer:
                     raise TtaError(f"stage '{stage.name}': no usable training items (every file read was "
                                    "bad); run `tta-run RECIPE prepare` for the report")
                 batch = next(job.batches)
-            batch = _to_device(batch, device)
+            batch = to_device(batch, device)
             seed = _mix(self.seed, step, micro, acc.process_index)
             torch.manual_seed(seed)
             gen = torch.Generator(device=device).manual_seed(seed)
@@ -770,7 +770,23 @@ def _init_source(path: Path, name: str) -> Path | None:
     return None
 
 
-def _make_optimizer(cfg, params):
+def optimizer_state_bytes(cfg, shapes) -> int:
+    """Bytes of the state ``make_optimizer(cfg, ...)`` keeps for parameters of ``shapes``
+    (fp32 states): Adam/AdamW two moments per parameter, SGD one with momentum (none without),
+    Adafactor a row and a column statistic per matrix (over its last two dimensions) and a
+    full one per vector."""
+    import math
+
+    shapes = [tuple(s) for s in shapes]
+    total = sum(math.prod(s) for s in shapes)
+    if cfg.type == "sgd":
+        return 4 * total if cfg.momentum else 0
+    if cfg.type == "adafactor":
+        return 4 * sum(math.prod(s[:-1]) + math.prod(s[:-2]) * s[-1] if len(s) > 1 else math.prod(s) for s in shapes)
+    return 8 * total
+
+
+def make_optimizer(cfg, params):
     params = list(params)
     if cfg.type in ("adamw", "adam"):
         # the fused kernel (CPU and CUDA) updates every tensor in one pass: on a CPU the default
@@ -781,7 +797,14 @@ def _make_optimizer(cfg, params):
         return kind(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps, **fused)
     if cfg.type == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    raise UsageError(f"unknown optimizer type '{cfg.type}': adamw, adam or sgd")
+    if cfg.type == "adafactor":
+        from transformers.optimization import Adafactor
+
+        # the recipe's rate, as the lr schedule scales it: Adafactor's own relative step size
+        # and parameter-scaled rate would ignore both
+        return Adafactor(params, lr=cfg.lr, weight_decay=cfg.weight_decay, relative_step=False,
+                         scale_parameter=False, warmup_init=False, beta1=None)
+    raise UsageError(f"unknown optimizer type '{cfg.type}': adamw, adam, sgd or adafactor")
 
 
 def _make_scheduler(opt, stage: StageConfig, max_steps: int):
@@ -818,13 +841,13 @@ def _first(batch: Any, n: int) -> Any:
     return batch
 
 
-def _to_device(batch: Any, device) -> Any:
+def to_device(batch: Any, device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
+        return type(batch)(to_device(v, device) for v in batch)
     if isinstance(batch, Conditioning):
         return batch.to(device)
     return batch

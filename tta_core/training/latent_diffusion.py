@@ -16,7 +16,9 @@ on the parameterisation.
   captions with the frozen conditioner, once at the start of the stage into the run's
   ``cache/`` folder (``caching.py``), and train from those, so a step costs only the
   denoiser. Off by itself for what changes every step: a conditioner being trained, or audio
-  conditioning (which needs the waveform of each crop).
+  conditioning (which needs the waveform of each crop). With every latent cached, the frozen
+  autoencoder waits on the CPU while the stage trains on an accelerator (it comes back to
+  decode the validation clips), so its weights do not take the trained networks' memory.
 """
 
 from __future__ import annotations
@@ -102,6 +104,9 @@ class LatentDiffusion:
             caches = caching.build_caches(ctx, ae, text_encoder, items)
             self.texts = caches["texts"]
             if caches["latents"] is not None:
+                park = frozen_autoencoder_device(ctx.device, latents_cached=True)
+                if park != torch.device(ctx.device):
+                    ae.to(park)
                 window = ae.latent_shape(ctx.audio.num_frames if domain == "mel" else ctx.audio.num_samples)[1]
                 return caching.CachedLatentDataset(items, ctx.audio, caches["latents"], stride=caches["stride"],
                                                    domain=domain, window=window, texts=self.texts,
@@ -187,6 +192,10 @@ class LatentDiffusion:
         modes = {name: m.training for name, m in use.items() if isinstance(m, torch.nn.Module)}
         for name in modes:
             use[name].eval()
+        ae = use[ctx.roles["autoencoder"]]
+        parked = _device_of(ae)
+        if parked is not None and parked != torch.device(ctx.device):
+            ae.to(ctx.device)  # decoding needs it back for the few clips
         try:
             pipe = Pipeline(recipe=ctx.recipe, conditioner=use[ctx.roles["conditioner"]],
                             denoiser=use[ctx.roles["denoiser"]], process=use[ctx.roles["process"]],
@@ -197,12 +206,28 @@ class LatentDiffusion:
         finally:
             for name, mode in modes.items():
                 use[name].train(mode)
+            if parked is not None and parked != torch.device(ctx.device):
+                ae.to(parked)
         out_dir.mkdir(parents=True, exist_ok=True)
         for i, (prompt, wave) in enumerate(zip(prompts, waves)):
             write_audio(out_dir / f"{i:02d}.wav", wave, rate)
             save_spectrogram(out_dir / f"{i:02d}.png", wave, rate, ctx.audio, prompt)
         (out_dir / "prompts.txt").write_text("".join(f"{i:02d}\t{p}\n" for i, p in enumerate(prompts)))
         return {"clips": float(len(prompts))}
+
+
+def frozen_autoencoder_device(device: Any, latents_cached: bool) -> torch.device:
+    """Where the frozen autoencoder waits while the denoiser trains. With every training clip's
+    latent in the cache it is needed only to fill the cache and to decode the validation clips,
+    so on an accelerator it goes to the CPU and leaves that memory to the trained networks; on
+    the CPU, or when steps encode their clips, it stays where it is."""
+    device = torch.device(device)
+    return torch.device("cpu") if latents_cached and device.type != "cpu" else device
+
+
+def _device_of(module: Any) -> torch.device | None:
+    param = next((p for p in module.parameters()), None) if isinstance(module, torch.nn.Module) else None
+    return None if param is None else param.device
 
 
 def _params(fn: Any) -> set[str]:

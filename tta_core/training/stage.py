@@ -35,11 +35,17 @@ class EMAConfig:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    type: Literal["adamw", "adam", "sgd"] = "adamw"
+    """``adafactor`` (transformers' Adafactor, CPU and CUDA) keeps a factored second moment
+    (a row and a column statistic per matrix) and no first moment: its state is a small
+    fraction of Adam's two full copies of the trained weights, the memory-light choice for
+    large denoisers. It takes ``lr`` (a fixed rate, scheduled like the others) and
+    ``weight_decay``; ``betas``, ``eps`` and ``momentum`` are not its knobs."""
+
+    type: Literal["adamw", "adam", "sgd", "adafactor"] = "adamw"
     lr: Positive = 1e-4
-    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)  # adam, adamw
     weight_decay: _NonNegative = 0.0
-    eps: Positive = 1e-8
+    eps: Positive = 1e-8  # adam, adamw
     momentum: _NonNegative = 0.0  # sgd only
 
 

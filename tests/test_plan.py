@@ -146,6 +146,7 @@ def test_memory_sizes_read_decimal_and_binary_units():
     assert parse_memory("512MB") == 512 * 10**6 and parse_memory("1.5gb") == 1_500_000_000
 
 
+@pytest.mark.slow
 def test_a_pretrained_source_not_on_this_machine_is_built_with_random_weights_or_named_as_not_built(tiny_run):
     """Nothing is downloaded: a hub id is built with random weights where the factory can, and
     named as not built where it cannot, without failing the plan."""

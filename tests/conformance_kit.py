@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from test_audioldm import TINY as AUDIOLDM_TINY
+
 WORDS = ("a low hum", "a high whistle", "a rising chirp", "a falling tone", "two beeps", "soft noise")
 
 
@@ -25,14 +27,10 @@ def write_tones(folder: Path, n: int = 6, rate: int = 16000, seconds: float = 1.
     return manifest
 
 
-#: recipes/quickstart.yaml at toy size (as tests/test_audioldm.py trains it).
+#: recipes/quickstart.yaml at toy size: tests/test_audioldm.py's components, with small
+#: objective settings in place of its batch sizes.
 QUICKSTART_TINY = [
-    "audio.duration=0.64",
-    "components.vae.channels=[8,16]", "components.vae.norm_groups=4",
-    "components.text.config={d_model: 16, num_layers: 1, num_heads: 2, d_ff: 32}",
-    "components.unet.channels=[16,32]", "components.unet.attention_levels=[false,true]",
-    "components.unet.cross_attention_dim=16", "components.unet.pooled_dim=16", "components.unet.norm_groups=8",
-    "components.vocoder.n_iter=4",
+    *(setting for setting in AUDIOLDM_TINY if not setting.startswith("train.")),
     "train.vae.objective.disc_channels=8", "train.vae.objective.disc_layers=2",
     "train.ldm.objective.validate_steps=2", "train.ldm.objective.validate_prompts=1",
 ]

@@ -11,6 +11,7 @@ from tta_core.checkpoint import latest_checkpoint
 from tta_core.cli import main
 from tta_core.interfaces import Conditioning
 from tta_core.memory import measured_bytes
+from test_train import toy  # noqa: F401  (the toy recipe of the trainer's tests)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -156,16 +157,6 @@ def test_a_deep_copy_of_a_checkpointed_unet1d_keeps_the_knob_and_its_own_weights
 
 
 # -- adafactor -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def toy(tmp_path, fake_dists):
-    from test_train import RECIPE, TOY
-
-    fake_dists("tta-toy", "1.0", {"toy": TOY})
-    path = tmp_path / "toy.yaml"
-    path.write_text(RECIPE)
-    return path
 
 
 def _state_bytes(run_dir: Path) -> int:

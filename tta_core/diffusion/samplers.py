@@ -127,12 +127,17 @@ def sample_v(denoise: Callable, x: torch.Tensor, schedule: torch.Tensor, *,
     steps, batch = alpha.shape[0] - 1, x.shape[0]
     r = _vp_radius(alpha, sigma)
     a_vp, s_vp = alpha / r, sigma / r
+    # one check before the loop: on a variance-preserving schedule the two rescalings are
+    # the identity, and each would cost a pass over x every step
+    on_circle = bool((r == 1).all())
     for i in range(steps):
         x0 = denoise(x, alpha[i].expand(batch), sigma[i].expand(batch))
-        x_vp = x / r[i]
+        x_vp = x if on_circle else x / r[i]
         v = (a_vp[i] * x_vp - x0) / s_vp[i]
         eps = s_vp[i] * x_vp + a_vp[i] * v
-        x = r[i + 1] * (a_vp[i + 1] * x0 + s_vp[i + 1] * eps)
+        x = a_vp[i + 1] * x0 + s_vp[i + 1] * eps
+        if not on_circle:
+            x = r[i + 1] * x
         _report(callback, i, steps, x)
     return x
 

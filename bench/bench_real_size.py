@@ -76,8 +76,10 @@ def bench(name: str, device: str, root: Path) -> list[tuple[str, int | None, int
     sets = [f"data.train={{type: jsonl, manifest: {data / 'manifest.jsonl'}}}",
             *random_weight_overrides(recipe, get_registry())]
     stages = [s["name"] for s in recipe.get("train")]
-    for stage in stages:
-        sets += [f"train.{stage}.batch_size=1", f"train.{stage}.grad_accum=1"]
+    for node in recipe.get("train"):
+        sets += [f"train.{node['name']}.batch_size=1", f"train.{node['name']}.grad_accum=1"]
+        if "disc_start" in node["objective"]:  # the one step takes the discriminator's part, as plan's does
+            sets.append(f"train.{node['name']}.objective.disc_start=0")
     args = [x for s in sets for x in ("--set", s)] + ["--run-dir", str(root / "run"), "--no-progress"]
     planned = load_recipe(path, overrides=sets)
     plan = plan_recipe(planned, registry=get_registry(), device=device, measure=False)

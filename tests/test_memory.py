@@ -295,3 +295,32 @@ def test_an_estimate_inside_unchanged_leaves_no_fake_tensor_behind():
         peak_bytes(spoiled, Spec((4, 8)))
         with pytest.raises(Exception):
             spoiled(torch.ones(4, 8)).sum().item()
+
+
+def _train_step(part, reads_data=False):
+    def step(x):
+        out = part(x).square().mean()
+        if reads_data and out.item() < 0:  # a branch on the data, as a dropout decision or a scale
+            out = -out
+        out.backward()
+    return step
+
+
+@pytest.mark.parametrize("reads_data", [False, True])
+def test_step_peaks_counts_a_training_step_on_fake_tensors_or_runs_it_for_real_and_leaves_the_part_as_it_was(
+        reads_data):
+    torch.manual_seed(0)
+    part = CachingProcess()
+    step = _train_step(part, reads_data)
+    rng = torch.get_rng_state()
+    peaks, method = memory.step_peaks(step, lambda n: torch.randn(n * 64, 8), (1, 16), (1, 2), keep=(part,))
+    assert method == ("real" if reads_data else "fake")
+    assert sorted(peaks) == ([1, 2] if reads_data else [1, 16])
+    per_item = (peaks[max(peaks)] - peaks[1]) / (max(peaks) - 1)
+    assert per_item > 0  # the activations grow with the batch
+    assert part.tables == {} and not hasattr(part, "last_shape")  # what the trial cached is gone
+    assert part.weight.weight.grad is None and torch.equal(torch.get_rng_state(), rng)
+    # the fake count and a real one agree on the same step
+    real = {n: memory.measured_bytes(_train_step(CachingProcess()), torch.randn(n * 64, 8)) for n in (1, 16)}
+    if not reads_data:
+        assert peaks == real

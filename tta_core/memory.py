@@ -25,6 +25,7 @@ import contextlib
 import copy
 import dataclasses
 import logging
+import typing
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -190,6 +191,32 @@ def measured_bytes(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
     finally:
         tracker.restore_grads()
     return tracker.peak
+
+
+def step_peaks(step: Callable[[Any], Any], make: Callable[[int], Any], sizes: tuple[int, ...],
+               real_sizes: tuple[int, ...], keep: tuple[Any, ...] = (), devices: tuple[Any, ...] = ()
+               ) -> tuple[dict[int, int], str]:
+    """The tensor peak of ``step(make(n))`` (a training step on a batch of ``n`` items) for each
+    ``n`` in ``sizes``, counted on fake tensors (:func:`peak_bytes`: no memory, the same seconds
+    at any size): ``(peaks, "fake")``. A step that needs its data (``.item()``, a branch on a
+    tensor) runs for real instead, at the smaller ``real_sizes``, after one unmeasured call for
+    what a first call makes once (:func:`measured_bytes`): ``(peaks, "real")``.
+
+    Each call runs inside :func:`unchanged` for ``keep`` (the objective and its modules: what a
+    call caches, fake or not, is put back) and with the random state of the CPU and of
+    ``devices`` forked, so the training that follows is exactly as without the trial."""
+    peaks: dict[int, int | None] = {}
+    for n in sizes:
+        with unchanged(*keep), torch.random.fork_rng(devices=list(devices)):
+            peaks[n] = peak_bytes(step, make(n))
+        if peaks[n] is None:
+            break
+    else:
+        return typing.cast(dict[int, int], peaks), "fake"
+    with unchanged(*keep), torch.random.fork_rng(devices=list(devices)):
+        batches = {n: make(n) for n in real_sizes}
+        measured_bytes(step, batches[real_sizes[0]])
+        return {n: measured_bytes(step, batch) for n, batch in batches.items()}, "real"
 
 
 @contextlib.contextmanager

@@ -13,15 +13,18 @@ counted, which is why a stage fits a limit only with :data:`HEADROOM` to spare):
 - gradients: one fp32 copy of every trained parameter;
 - optimizer: Adam/AdamW keep two fp32 states per trained parameter, SGD with momentum one;
 - EMA: one fp32 copy of each trained component;
-- activations: one real training step (the objective's own ``losses`` and a backward, under
-  the stage's precision) runs on a synthetic batch of the stage's shape (random log-mels and
-  waveforms of the stage's example length, a typical caption) at batch 1 and at batch 2, its
-  tensors counted as they live (:func:`tta_core.memory.measured_bytes`), after one unmeasured
-  call for what a first call makes once. Activations grow linearly with the batch, so
-  ``peak(1) + (peak(2) - peak(1)) * (B - 1)``, less the gradients counted above, is the
-  estimate at batch B. The step runs at the stage's last step, so a part that starts late (a
-  discriminator) is on. Objectives branch on their data (caption dropout), so the step cannot
-  run on fake tensors: it runs for real, at batch 1 and 2 only.
+- activations: one training step (the objective's own ``losses`` and a backward, under the
+  stage's precision) on a synthetic batch of the stage's shape (random log-mels and waveforms
+  of the stage's example length, a typical caption), run on fake tensors
+  (:func:`tta_core.memory.peak_bytes`: shapes, no data, so it costs no memory and the same
+  seconds at any batch), every tensor counted as it lives, at batch 1 and at the stage's batch
+  B. Activations grow linearly with the batch; a smaller micro-batch a suggestion tries is
+  read off the line between the two. Less the gradients counted above, that is the estimate.
+  The step runs at the stage's last step, so a part that starts late (a discriminator) is on.
+  An objective whose step needs its data (``.item()``, a Python branch on a tensor) cannot
+  run on fake tensors: its step then runs for real at batch 1 and 2 (after one unmeasured
+  call, for what a first call makes once; :func:`tta_core.memory.measured_bytes`) and is
+  scaled linearly to B. The report says which was done.
 
 Sampling: the weights of the sample graph plus the peak of one batch of the recipe's
 ``sample:`` settings (a guided denoiser call, then decoding), estimated on fake tensors
@@ -275,16 +278,27 @@ class _Setting:
 
 @dataclass
 class _Trial:
-    """What a stage's real steps measured: tensor peaks at batch 1 and 2, and the parameters."""
+    """What a stage's trial steps counted: the tensor peak of a step at each batch size tried
+    (``method`` says how: on fake tensors, or run for real at 1 and 2), and the parameters."""
 
-    one: int
-    two: int
+    peaks: dict[int, int]
+    method: str  # "fake" or "real"
     weights: int  # every module the stage puts on the device
     frozen: int  # of which frozen (what offloading would take off the device)
     groups: dict[str, list[tuple[int, ...]]]  # optimizer name -> its parameters' shapes
     ema: int
     components: list[ComponentPlan]
     seconds: float | None = None
+
+    def peak(self, batch_size: int) -> int:
+        """The step's tensor peak at ``batch_size``: counted where it was tried, else the line
+        through the two nearest tried sizes (activations grow linearly with the batch)."""
+        if batch_size in self.peaks:
+            return self.peaks[batch_size]
+        sizes = sorted(self.peaks)
+        lo, hi = (sizes[-2], sizes[-1]) if batch_size > sizes[-1] else (sizes[0], sizes[1])
+        per_item = (self.peaks[hi] - self.peaks[lo]) / (hi - lo)
+        return int(self.peaks[lo] + per_item * (batch_size - lo))
 
 
 def _synthetic_batch(objective: Any, audio: Any, n: int, device: Any) -> Any:
@@ -371,18 +385,14 @@ class _StagePlanner:
         return objective, ctx, {**built, **extra}, infos
 
     def _run_trial(self, setting: _Setting, timed: bool) -> _Trial:
-        import torch
-
-        from .memory import measured_bytes, unchanged
+        from .memory import step_peaks
 
         objective, ctx, modules, infos = self._setup(setting)
         groups = {name: list(params) for name, params in objective.parameter_groups(ctx).items()}
         device, stage = self.components.device, self.stage
         run = _step_fn(objective, max(0, stage.max_steps - 1), device, setting.precision)
-        b1, b2 = (_synthetic_batch(objective, self.audio, n, device) for n in (1, 2))
-        with unchanged(objective, *modules.values()), torch.random.fork_rng(devices=_cuda(device)):
-            measured_bytes(run, b1)  # what a first call makes once (tables, caches) is not per item
-            one, two = measured_bytes(run, b1), measured_bytes(run, b2)
+        peaks, method = step_peaks(run, lambda n: _synthetic_batch(objective, self.audio, n, device),
+                                   (1, max(2, stage.batch_size)), (1, 2), (objective, *modules.values()), _cuda(device))
         trained = {n for n in stage.trains if n in modules} | {n for n in modules if n not in self.recipe.components}
         weights = sum(_nbytes(m)[1] for m in modules.values())
         frozen = sum(_nbytes(m)[1] for n, m in modules.items() if n not in trained)
@@ -391,9 +401,10 @@ class _StagePlanner:
             infos += [ComponentPlan(f"{c.name}.ema", c.type, "ema", c.params, c.bytes, c.random_weights,
                                     "EMA copy (fp32)") for c in infos if c.role == "trained" and c.name in stage.trains
                       and c.params]
-        trial = _Trial(one, two, weights, frozen, {n: [tuple(p.shape) for p in ps] for n, ps in groups.items()}, ema, infos)
+        trial = _Trial(peaks, method, weights, frozen, {n: [tuple(p.shape) for p in ps] for n, ps in groups.items()},
+                       ema, infos)
         if timed:
-            trial.seconds = _time_step(run, b1, groups, stage, device)
+            trial.seconds = _time_step(run, _synthetic_batch(objective, self.audio, 1, device), groups, stage, device)
         return trial
 
     def estimate(self, setting: _Setting) -> tuple[int, dict[str, int]]:
@@ -402,7 +413,7 @@ class _StagePlanner:
         grads = 4 * sum(math.prod(shape) for shapes in trial.groups.values() for shape in shapes)
         optimizer = sum(_optimizer_bytes(self.stage.optimizer_for(name), setting.optimizer, shapes)
                         for name, shapes in trial.groups.items())
-        steps = trial.one + (trial.two - trial.one) * (setting.batch_size - 1)
+        steps = trial.peak(setting.batch_size)
         breakdown = {"weights": trial.weights - (trial.frozen if setting.offload else 0), "gradients": grads,
                      "optimizer": optimizer, "ema": trial.ema, "activations": max(0, steps - grads)}
         return sum(breakdown.values()), breakdown
@@ -638,6 +649,9 @@ def _plan_stage(recipe, registry, cfg, components, target, limit, batch_size, pr
         log.debug("stage %s", cfg.name, exc_info=True)
         return out
     out.components = trial.components
+    out.notes.append(f"activations: a training step on fake tensors at batch {' and '.join(map(str, trial.peaks))} "
+                     "(no memory used), linear in the batch between" if trial.method == "fake" else
+                     "activations: the step needs its data, so it ran for real at batch 1 and 2, scaled to the batch")
     out.estimated_peak_bytes, out.breakdown = planner.estimate(base)
     if trial.seconds is not None:
         out.measured_step_seconds, out.measured_at_batch = trial.seconds, 1

@@ -156,9 +156,8 @@ class VAEGAN:
         std = (posterior.mean.float().var() + posterior.var.float().mean()).sqrt()
         target = 1.0 / std
         buf = self.bare.scale_factor
-        if not getattr(self, "_scale_seen", False) and float(buf) == 1.0:
-            new = target  # the first batch of a fresh VAE sets it outright
-        else:
-            new = self.scale_momentum * buf + (1 - self.scale_momentum) * target
+        new = self.scale_momentum * buf + (1 - self.scale_momentum) * target
+        if not getattr(self, "_scale_seen", False):  # the first batch of a fresh VAE sets it outright
+            new = torch.where(buf == 1.0, target, new)
         buf.copy_(torch.where(torch.isfinite(target) & (std > 0), new, buf))
         self._scale_seen = True

@@ -417,23 +417,23 @@ class Trainer:
         """Refuse a batch size whose training step is estimated to need more memory than the
         device has free, before the first step.
 
-        Objectives branch on their data (caption dropout, a scale set by the first batch), so
-        the step cannot run on fake tensors; it runs for real on the first one and four items
-        of the first batch instead (after one unmeasured call, for what a first call makes
-        once), its tensors counted (tta_core.memory.measured_bytes), and the peak is
-        extrapolated linearly to ``batch_size`` (activations grow with the batch,
-        gradients do not). Added: the optimizer's state (:func:`optimizer_state_bytes`), then
-        a margin for what allocators add (sampling.MEMORY_MARGIN). Every buffer, attribute and
-        gradient the trial steps touch is put back, so training goes on exactly as without them. Runs of several processes are not checked here (a CUDA
-        out-of-memory error there still says which batch size to lower)."""
-        from ..memory import available_bytes, format_bytes, measured_bytes, unchanged
+        One step of the stage's objective on the first item of the first batch and on the whole
+        batch is counted on fake tensors (tta_core.memory.step_peaks: no memory, seconds); a
+        step that needs its data runs for real on the first one and four items instead and is
+        extrapolated linearly to ``batch_size`` (activations grow with the batch, gradients
+        do not). Added: the optimizer's state (:func:`optimizer_state_bytes`), then a margin
+        for what allocators add (sampling.MEMORY_MARGIN). Every buffer, attribute and
+        gradient the trial steps touch is put back, so training goes on exactly as without
+        them. Runs of several processes are not checked here (a CUDA out-of-memory error
+        there still says which batch size to lower)."""
+        from ..memory import available_bytes, format_bytes, step_peaks
         from ..sampling.estimate import MEMORY_MARGIN
 
         stage, device = self.stage, acc.device
         have = available_bytes(device)
         if batch is None or have is None or acc.num_processes > 1:
             return
-        probe = min(stage.batch_size, 4)  # items of the larger trial step: enough to see the per-item growth
+        size = stage.batch_size
 
         def step(items: Any) -> None:
             with acc.autocast():
@@ -445,10 +445,9 @@ class Trainer:
         buffers += [b for m in getattr(job.objective, "modules", dict)().values() for b in m.buffers()]
         saved = [b.detach().clone() for b in buffers]
         try:
-            with unchanged(*parts), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                measured_bytes(step, _first(batch, 1))  # what a first call makes once (tables, caches) is not per item
-                one = measured_bytes(step, _first(batch, 1))
-                many = one if probe == 1 else measured_bytes(step, _first(batch, probe))
+            peaks, _ = step_peaks(step, lambda n: _first(batch, n), tuple(sorted({1, size})),
+                                  tuple(sorted({1, min(size, 4)})), tuple(parts),
+                                  [device] if device.type == "cuda" else [])
         except Exception as exc:  # the check is optional: the real step reports real errors
             log.debug("no memory estimate for stage '%s': %s: %s", stage.name, type(exc).__name__, exc)
             return
@@ -456,10 +455,11 @@ class Trainer:
             with torch.no_grad():
                 for b, value in zip(buffers, saved):
                     b.copy_(value)
+        probe = max(peaks)  # the whole batch, or the most items run for real
+        per_item = (peaks[probe] - peaks[1]) / (probe - 1) if probe > 1 else 0.0
+        peak = peaks[probe] + max(0.0, per_item) * (size - probe)
         state = sum(optimizer_state_bytes(stage.optimizer_for(name), [p.shape for p in params])
                     for name, params in job.param_lists.items())
-        per_item = max(0.0, (many - one) / (probe - 1)) if probe > 1 else 0.0
-        peak = many if stage.batch_size == probe else one + per_item * (stage.batch_size - 1)
         need = int((peak + state) * MEMORY_MARGIN)
         if need > have:
             raise UsageError(

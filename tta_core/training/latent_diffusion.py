@@ -157,8 +157,9 @@ class LatentDiffusion:
             if self.cfg_dropout > 0:
                 device = (cond.tokens if cond.tokens is not None else cond.pooled).device
                 drop = torch.rand(b, generator=generator, device=generator.device).to(device) < self.cfg_dropout
-                if self.learned_null or bool(drop.any()):  # a learned null takes part every step (same graph on every rank)
-                    cond = select(cond, self._null_batch(b), drop)
+                # the null takes part every step, dropped items or not: the same graph on every
+                # rank, and no read-back from the device to ask whether any item dropped
+                cond = select(cond, self._null_batch(b), drop)
         return cond
 
     def _null_batch(self, b: int) -> Conditioning:

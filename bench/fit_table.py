@@ -39,7 +39,7 @@ def _cell(part) -> str:
 def main() -> int:
     from tta_core.discovery import get_registry
     from tta_core.memory import format_bytes
-    from tta_core.planning import parse_memory, plan_recipe
+    from tta_core.planning import plan_limits
     from tta_core.recipe import load_recipe
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -51,8 +51,7 @@ def main() -> int:
     print("|---|---|---|---|---|" + "---|" * len(args.memory))
     for name in args.recipes:
         recipe = load_recipe(REPO / "recipes" / f"{name}.yaml")
-        plans = [plan_recipe(recipe, registry=get_registry(), device="cuda", memory=parse_memory(m), measure=False)
-                 for m in args.memory]
+        plans = plan_limits(recipe, registry=get_registry(), limits=args.memory, device="cuda", measure=False)
         rows = [(s.name, [p.stages[i] for p in plans]) for i, s in enumerate(plans[0].stages)]
         rows.append(("sample", [p.sampling for p in plans]))
         for stage, parts in rows:

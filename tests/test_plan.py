@@ -150,6 +150,28 @@ def test_a_step_that_needs_its_data_runs_for_real_and_agrees_with_the_fake_count
     assert abs(real["estimated_peak_bytes"] - fake["estimated_peak_bytes"]) <= 0.15 * fake["estimated_peak_bytes"]
 
 
+def test_plans_for_several_limits_build_and_count_each_stage_once(planned, tiny_run, monkeypatch):
+    from tta_core import planning
+    from tta_core.discovery import get_registry
+    from tta_core.recipe import load_recipe
+
+    builds, trials = [], []
+    build, trial = planning._Components._build, planning._StagePlanner._run_trial
+    monkeypatch.setattr(planning._Components, "_build",
+                        lambda self, name, node: builds.append((name, node.get("gradient_checkpointing"))) or
+                        build(self, name, node))
+    monkeypatch.setattr(planning._StagePlanner, "_run_trial", lambda self, s, timed: trials.append(s) or trial(self, s, timed))
+    recipe = load_recipe(QUICKSTART, _sets(tiny_run)[1::2])
+    limit = _limit(planned)
+    small, large = planning.plan_limits(recipe, registry=get_registry(), limits=[limit, "10GB"], stage="ldm",
+                                        measure=False)
+    assert (small.memory_limit, large.memory_limit) == (limit, 10**9 * 10)
+    assert small.stages[0].fits is False and small.stages[0].suggestions and large.stages[0].fits is True
+    assert small.stages[0].estimated_peak_bytes == large.stages[0].estimated_peak_bytes
+    assert len(builds) == len(set(builds))  # built once, and once more with checkpointing for the small limit
+    assert len(trials) == len({(t.precision, t.checkpointing) for t in trials})
+
+
 def test_an_unknown_stage_is_named_with_the_stages_there_are(capsys):
     assert main([QUICKSTART, "plan", "--stage", "lmd"]) == 2
     err = capsys.readouterr().err

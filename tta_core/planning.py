@@ -212,6 +212,7 @@ class _Components:
         self.recipe, self.registry, self.device = recipe, registry, device
         self.kinds = {name: component_kind(recipe, name, registry) for name in recipe.components}
         self._built: dict[str, tuple[str, Any, ComponentPlan]] = {}
+        self._infos: dict[str, ComponentPlan] = {}
 
     def node(self, name: str, extra: dict | None = None) -> dict:
         from .yamlio import to_plain
@@ -227,7 +228,13 @@ class _Components:
         self._built.pop(name, None)  # the old build is let go before a new one is made
         built, info = self._build(name, node)
         self._built[name] = (key, built, info)
+        self._infos[name] = info
         return built, info
+
+    def info(self, name: str) -> ComponentPlan:
+        """What the report says of a component (its parameters do not change with a setting such
+        as gradient checkpointing), built only when it has never been."""
+        return self._infos[name] if name in self._infos else self.get(name)[1]
 
     def _build(self, name: str, node: dict) -> tuple[Any, ComponentPlan]:
         import torch
@@ -595,7 +602,7 @@ def _quiet():
 
 def plan_recipe(recipe: Any, *, registry: Any, stage: str | list[str] | None = None, batch_size: int | None = None,
                 precision: str | None = None, device: str | None = None, memory: int | str | None = None,
-                measure: bool = True, sampling: bool | None = None) -> Plan:
+                measure: bool = True, sampling: bool | None = None, _shared: dict | None = None) -> Plan:
     """The plan of a loaded, validated recipe (see the module docstring for how it is made).
 
     ``stage``: one stage name (or a list) to plan instead of every stage; sampling is planned
@@ -603,7 +610,7 @@ def plan_recipe(recipe: Any, *, registry: Any, stage: str | list[str] | None = N
     replace the stages' (and sampling's) own. ``device``: the device planned for (cpu, cuda,
     cuda:N; default cuda when this machine has it). ``memory``: a limit in bytes (or text such
     as "24GB"): each stage says whether it fits, and the settings that would make it.
-    ``measure=False`` skips the timed step."""
+    ``measure=False`` skips the timed step. :func:`plan_limits` plans for several limits."""
     from .training.stage import parse_stage
 
     stages = [parse_stage(s) for s in (recipe.get("train") or [])]
@@ -614,26 +621,35 @@ def plan_recipe(recipe: Any, *, registry: Any, stage: str | list[str] | None = N
         raise UsageError(f"no stage named {', '.join(map(repr, unknown))}; stages: {', '.join(names) or '(none)'}")
     limit = parse_memory(memory) if isinstance(memory, str) else memory
     target, run_on = _devices(device)
-    components = _Components(recipe, registry, run_on)
+    shared = {} if _shared is None else _shared  # the networks and the steps counted, kept for the next limit
+    components = shared.setdefault("components", _Components(recipe, registry, run_on))
     plans = []
     with _quiet():
         for cfg in stages:
             if not chosen or cfg.name in chosen:
                 plans.append(_plan_stage(recipe, registry, cfg, components, target, limit, batch_size,
-                                         precision, measure))
+                                         precision, measure, shared))
         sample = None
         if sampling or (sampling is None and not chosen):
             sample = _plan_sampling(recipe, registry, components, target, limit, precision, measure)
     return Plan(str(recipe.path), str(target), str(run_on), limit, plans, sample)
 
 
-def _plan_stage(recipe, registry, cfg, components, target, limit, batch_size, precision, measure) -> StagePlan:
+def plan_limits(recipe: Any, *, registry: Any, limits: list[int | str], **options: Any) -> list[Plan]:
+    """:func:`plan_recipe` for each memory limit in ``limits`` (bytes, or text such as "24GB"),
+    the networks built and each step counted once for all of them; ``options`` as there."""
+    shared: dict = {}
+    return [plan_recipe(recipe, registry=registry, memory=limit, _shared=shared, **options) for limit in limits]
+
+
+def _plan_stage(recipe, registry, cfg, components, target, limit, batch_size, precision, measure,
+                shared) -> StagePlan:
     if batch_size is not None:
         cfg = replace(cfg, batch_size=batch_size)
     resolved = _precision(precision or cfg.precision, target)
     audio = cfg.audio_for(recipe.audio)
     out = StagePlan(cfg.name, [], cfg.batch_size, resolved, audio.duration, grad_accum=cfg.grad_accum)
-    planner = _StagePlanner(recipe, registry, cfg, components, measure)
+    planner = shared.setdefault(("stage", cfg.name), _StagePlanner(recipe, registry, cfg, components, measure))
     base = _Setting(resolved, cfg.batch_size, cfg.grad_accum)
     missing = [info for info in _listed(recipe, components, cfg)
                if info.params is None and info.name in (*cfg.trains, *cfg.frozen)]
@@ -668,11 +684,8 @@ def _plan_stage(recipe, registry, cfg, components, target, limit, batch_size, pr
 
 
 def _listed(recipe: Any, components: _Components, cfg: Any) -> list[ComponentPlan]:
-    infos = []
-    for name in recipe.components:
-        _, info = components.get(name)
-        infos.append(replace(info, role="trained" if name in cfg.trains else "frozen"))
-    return infos
+    return [replace(components.info(name), role="trained" if name in cfg.trains else "frozen")
+            for name in recipe.components]
 
 
 def _fmt(n: int | None) -> str:

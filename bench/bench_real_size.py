@@ -89,9 +89,10 @@ def bench(name: str, device: str, root: Path) -> list[tuple[str, int | None, int
         peak, seconds = measure(lambda: run([str(path), "train", "--stage", stage, "--max-steps", "1",
                                              "--device", device, "--skip-memory-check", *args]), device)
         rows.append((stage, estimates.get(stage), peak, seconds))
-    peak, seconds = measure(lambda: run([str(path), "sample", "--text", "a dog barks", "--steps", "1",
-                                         "--device", device, "--skip-memory-check", "--out", str(root / "out"),
-                                         *args]), device)
+    batch = plan.sampling.batch_size if plan.sampling and plan.sampling.batch_size else 1
+    peak, seconds = measure(lambda: run([str(path), "sample", "--text", "a dog barks", "--n", str(batch),
+                                         "--steps", "1", "--device", device, "--skip-memory-check",
+                                         "--out", str(root / "out"), *args]), device)  # one batch of the plan's size
     rows.append(("sample", plan.sampling.estimated_peak_bytes if plan.sampling else None, peak, seconds))
     return rows
 

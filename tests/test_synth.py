@@ -1,9 +1,11 @@
 """The synthetic sets: deterministic per seed, balanced, captioned, and telling their kinds apart."""
 
+import functools
 import json
 from collections import Counter
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 
@@ -34,6 +36,20 @@ def test_synth_cli_writes_a_readable_set_deterministically(tmp_path, capsys):
     assert sr == 16000 and data.shape == (16000,) and info.subtype == "PCM_16" and info.channels == 1
 
 
+def test_synth_labels_chooses_the_kinds_including_ones_the_default_set_lacks(tmp_path, capsys):
+    assert set(sounds.EXTRA_LABELS) >= {"siren", "drips"} and not set(sounds.EXTRA_LABELS) & set(sounds.LABELS)
+    out = tmp_path / "new"
+    assert main(["synth", "sounds", "--out", str(out), "--n", "6", "--labels", "siren, drips", "--duration", "1"]) == 0
+    items = jsonl(str(out / "manifest.jsonl"))
+    assert Counter(i.label for i in items) == {"siren": 3, "drips": 3}
+    assert all(i.captions[0] in sounds.CAPTIONS[i.label] for i in items)
+    for bad in ("siren,bark", "siren,siren", ","):
+        assert main(["synth", "sounds", "--out", str(tmp_path / "bad"), "--n", "4", "--labels", bad]) == 2
+        err = capsys.readouterr().err
+        assert "--labels takes distinct labels of the sounds set" in err and "siren, drips" in err
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
 def test_synth_rejects_nonsense_counts(tmp_path, capsys):
     assert main(["synth", "birds", "--out", str(tmp_path), "--n", "0"]) == 2
     assert "argument --n: must be at least 1" in capsys.readouterr().err
@@ -62,11 +78,14 @@ def _features(make, n, seed):
     return np.array(feats), np.array(labels)
 
 
-def test_sound_kinds_are_distinguishable_on_the_log_mel():
+@pytest.mark.parametrize("labels", [sounds.LABELS, sounds.ALL_LABELS], ids=["default", "with-extra"])
+def test_sound_kinds_are_distinguishable_on_the_log_mel(labels):
     """A nearest-centroid classifier on simple log-mel statistics, trained on one seed and
-    tested on another, must name the kind of almost every clip."""
-    x_train, y_train = _features(sounds.make, 64, seed=1)
-    x_test, y_test = _features(sounds.make, 48, seed=2)
+    tested on another, must name the kind of almost every clip: the eight default kinds, and
+    all ten with the siren and the drips."""
+    make = functools.partial(sounds.make, labels=labels)
+    x_train, y_train = _features(make, 8 * len(labels), seed=1)
+    x_test, y_test = _features(make, 6 * len(labels), seed=2)
     mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
     x_train, x_test = (x_train - mu) / sd, (x_test - mu) / sd
     labels = sorted(set(y_train))

@@ -18,6 +18,8 @@ def _synth_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=number(int, min=0), default=0, help="same seed, same bytes (default 0)")
     p.add_argument("--duration", type=number(float, min=0.1, max=600), default=2.0,
                    help="seconds per clip (default 2.0)")
+    p.add_argument("--labels", default=None, metavar="A,B,...",
+                   help="the labels to make, balanced (default: the set's own; sounds also has siren and drips)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a set already in --out (its manifest.jsonl and audio/ files of the same names)")
 
@@ -30,8 +32,12 @@ def _synth(args: argparse.Namespace) -> int:
     if taken and not args.overwrite:
         raise UsageError(f"--out {out} already holds a data set ({', '.join(str(p) for p in taken)}), left as it is: "
                          "choose another --out, or give --overwrite to replace it")
+    labels = None if args.labels is None else [label.strip() for label in args.labels.split(",") if label.strip()]
     check_writable(out, "--out")
-    manifest = write_set(args.kind, args.out, args.n, args.seed, args.duration)
+    try:
+        manifest = write_set(args.kind, args.out, args.n, args.seed, args.duration, labels=labels)
+    except ValueError as exc:  # checked before anything is written
+        raise UsageError(str(exc)) from None
     print(f"wrote {args.n} {args.kind} clips ({args.duration:g} s, 16 kHz) and {manifest}")
     print(f"use it in a recipe: data: {{train: {{type: jsonl, manifest: {manifest}}}}}")
     return 0

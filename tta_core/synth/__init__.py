@@ -18,20 +18,34 @@ from . import birds, sounds
 SETS = {"sounds": sounds, "birds": birds}
 
 
+def labels_of(kind: str) -> tuple[str, ...]:
+    """Every label set ``kind`` can make (its default ones first)."""
+    module = SETS[kind]
+    return getattr(module, "ALL_LABELS", module.LABELS)
+
+
 def write_set(kind: str, out: str | os.PathLike, n: int, seed: int = 0, duration: float = 2.0,
-              sample_rate: int = 16000) -> Path:
-    """Write ``n`` clips of set ``kind`` under ``out``; returns the manifest's path."""
+              sample_rate: int = 16000, labels: list[str] | tuple[str, ...] | None = None) -> Path:
+    """Write ``n`` clips of set ``kind`` under ``out``, balanced over ``labels`` (default: the
+    set's default labels); returns the manifest's path."""
     import soundfile as sf
 
     if kind not in SETS:
         raise ValueError(f"unknown synthetic set '{kind}'; sets: {', '.join(SETS)}")
     if n < 1 or duration <= 0:
         raise ValueError(f"need n >= 1 and duration > 0, got n={n}, duration={duration}")
+    options = {}
+    if labels is not None:
+        unknown = [label for label in labels if label not in labels_of(kind)]
+        if unknown or not labels or len(set(labels)) != len(labels):
+            raise ValueError(f"--labels takes distinct labels of the {kind} set, comma-separated "
+                             f"({', '.join(labels_of(kind))}); got {', '.join(labels) or 'none'}")
+        options["labels"] = tuple(labels)
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     lines = []
     for i in range(n):
-        wave, fields = SETS[kind].make(i, seed, int(round(duration * sample_rate)), sample_rate)
+        wave, fields = SETS[kind].make(i, seed, int(round(duration * sample_rate)), sample_rate, **options)
         clip_id = f"{kind}-{i:05d}"
         rel = f"audio/{clip_id}.wav"
         sf.write(str(out / rel), wave, sample_rate, subtype="PCM_16", format="WAV")

@@ -60,10 +60,10 @@ def _call(sp: Species, pitch: float, trill: float, m: int, sr: int, rng) -> np.n
     return tone * env
 
 
-def make(index: int, seed: int, n: int, sr: int) -> tuple[np.ndarray, dict]:
+def make(index: int, seed: int, n: int, sr: int, labels: tuple[str, ...] = LABELS) -> tuple[np.ndarray, dict]:
     """Clip ``index`` of the set for ``seed``: (float32 wave [n], manifest fields)."""
     rng = np.random.default_rng([seed, index])
-    label = LABELS[index % len(LABELS)]
+    label = labels[index % len(labels)]
     sp = SPECIES[label]
     pitch = float(rng.uniform(*sp.pitch))
     trill = float(rng.uniform(*sp.trill)) if sp.trill[1] > 0 else 0.0

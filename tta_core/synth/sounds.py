@@ -1,4 +1,6 @@
-"""Eight kinds of simple sound, each clearly its own on a 64-band log-mel at 16 kHz.
+"""Simple kinds of sound, each clearly its own on a 64-band log-mel at 16 kHz: the eight of the
+default set (:data:`LABELS`) and more a set may choose (:data:`EXTRA_LABELS`: a two-tone siren,
+water drips), for fine-tuning on sounds a model has not heard.
 
 What tells them apart on a mel (a classifier checks prompt adherence on these later): where
 the energy sits (hum < 1 kHz, buzz harmonics up to 7.5 kHz, beep a single line at 1.5-3 kHz,
@@ -28,7 +30,16 @@ CAPTIONS: dict[str, tuple[str, ...]] = {
               "a decaying plucked note"),
     "buzz": ("a harsh electric buzz", "a low buzzing sound", "a raspy buzzing tone", "the buzz of a sawtooth wave"),
 }
-LABELS = tuple(CAPTIONS)
+LABELS = tuple(CAPTIONS)  # the default set
+
+CAPTIONS.update({
+    "siren": ("a two-tone siren", "an emergency siren alternating between two notes",
+              "a siren going high and low", "the hi-lo wail of a two-tone siren"),
+    "drips": ("water dripping", "drops of water falling into a puddle", "a slow drip of water",
+              "water drips plinking one by one"),
+})
+EXTRA_LABELS = tuple(k for k in CAPTIONS if k not in LABELS)
+ALL_LABELS = LABELS + EXTRA_LABELS
 
 
 def low_hum(rng, n, sr):
@@ -118,13 +129,40 @@ def buzz(rng, n, sr):
     return wave * fades(n, sr, 0.03, 0.03), {"pitch_hz": f0, "shape": "square" if square else "sawtooth"}
 
 
-GENERATORS = {name: globals()[name] for name in LABELS}
+def siren(rng, n, sr):
+    """Two steady tones (a fourth to a fifth apart, 500-1100 Hz) taking turns every 0.25-0.6 s,
+    with two harmonics: a pair of alternating lines in the mid band, never silent."""
+    low = rng.uniform(500, 800)
+    high = low * rng.uniform(1.33, 1.5)
+    half = int(rng.uniform(0.25, 0.6) * sr)
+    which = ((np.arange(n) + int(rng.integers(0, 2 * half))) // half) % 2
+    freq = np.where(which == 0, low, high)
+    wave = sum(oscillator(k * freq, n, sr) / k ** 1.5 for k in (1, 2, 3))
+    return wave * fades(n, sr, 0.03, 0.03), {"low_hz": low, "high_hz": high, "period_s": 2 * half / sr}
 
 
-def make(index: int, seed: int, n: int, sr: int) -> tuple[np.ndarray, dict]:
-    """Clip ``index`` of the set for ``seed``: (float32 wave [n], manifest fields)."""
+def drips(rng, n, sr):
+    """Water drops: short tones gliding upward (a bubble's resonance as it closes, 600 Hz to
+    2.5 kHz in 20-60 ms) with a fast decay, at irregular times: sparse rising blips."""
+    wave = np.zeros(n)
+    count = max(2, int(n / sr * rng.uniform(2.5, 5)))
+    for start in np.sort(rng.uniform(0, max(n - int(0.08 * sr), 1), count)).astype(int):
+        m = min(int(rng.uniform(0.02, 0.06) * sr), n - start)
+        f0 = rng.uniform(600, 1200)
+        glide = sweep(f0, f0 * rng.uniform(1.8, 2.5), m, sr)
+        t = np.arange(m) / sr
+        env = np.exp(-t / (m / sr / 4)) * fades(m, sr, 0.002, 0.0)  # a soft onset: a blip, not a click
+        wave[start:start + m] += oscillator(glide, m, sr) * env * rng.uniform(0.5, 1.0)
+    return wave, {"drops": count}
+
+
+GENERATORS = {name: globals()[name] for name in ALL_LABELS}
+
+
+def make(index: int, seed: int, n: int, sr: int, labels: tuple[str, ...] = LABELS) -> tuple[np.ndarray, dict]:
+    """Clip ``index`` of the set for ``seed`` over ``labels``: (float32 wave [n], manifest fields)."""
     rng = np.random.default_rng([seed, index])
-    label = LABELS[index % len(LABELS)]  # balanced: every run of 8 clips has each label once
+    label = labels[index % len(labels)]  # balanced: every run of len(labels) clips has each label once
     wave, params = GENERATORS[label](rng, n, sr)
     wave, level = finish(wave, rng)
     caption = CAPTIONS[label][int(rng.integers(len(CAPTIONS[label])))]

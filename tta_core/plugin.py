@@ -109,9 +109,11 @@ _LAZY = {
     "RectifiedFlow": "tta_core.diffusion:RectifiedFlow",
     "initial_noise": "tta_core.diffusion:initial_noise",
     "start_scale": "tta_core.diffusion:start_scale",
+    "copy_adapters": "tta_core.adapters:copy_adapters",
 }
 
 if TYPE_CHECKING:  # what type checkers and editors see of the names above
+    from .adapters import copy_adapters
     from .checkpoint import load_state, torch_load
     from .data.audio import channels_problem, with_channels
     from .data.dataset import collate
@@ -205,6 +207,7 @@ __all__ = [
     # audio, mels and weights
     "AudioConfig", "MelConfig", "log_mel", "LogMel", "mel_filterbank", "channels_problem", "with_channels",
     "load_state", "torch_load", "write_audio", "save_spectrogram",
+    "copy_adapters",  # a network that copies itself by rebuilding keeps its adapters
     # built-in processes and samplers, to compose with
     "VPDiscrete", "VDiffusion", "RectifiedFlow", "DDPM", "DDIM", "VSampler", "initial_noise", "start_scale",
     # objectives: the stage's examples

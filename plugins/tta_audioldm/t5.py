@@ -104,6 +104,9 @@ class WordHashTokenizer(ByteTokenizer):
 
 
 class T5Conditioner(torch.nn.Module):
+    #: where adapters go by default (tta_core.adapters): the self-attention projections
+    adapter_targets = ("*.SelfAttention.q", "*.SelfAttention.k", "*.SelfAttention.v", "*.SelfAttention.o")
+
     def __init__(
         self,
         pretrained: str | None = None,

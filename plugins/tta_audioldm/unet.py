@@ -37,6 +37,9 @@ from tta_core.plugin import Conditioning
 
 
 class UNet2D(torch.nn.Module):
+    #: where adapters go by default (tta_core.adapters): the attention projections, as diffusers' LoRA
+    adapter_targets = ("*.to_q", "*.to_k", "*.to_v", "*.to_out.0")
+
     def __init__(
         self,
         in_channels: int = 8,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from tta_core.plugin import copy_adapters
+
 
 class RebuildOnCopy:
     _args: dict
@@ -19,6 +21,7 @@ class RebuildOnCopy:
         with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the RNG as it was
             new = type(self)(**self._args)
         new.to(device=param.device, dtype=param.dtype)
+        copy_adapters(self, new)  # adapters (LoRA) on this network go on the copy before its weights
         new.load_state_dict(self.state_dict())
         for mine, theirs in zip(self.parameters(), new.parameters()):
             theirs.requires_grad_(mine.requires_grad)

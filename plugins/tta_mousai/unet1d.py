@@ -28,6 +28,11 @@ from .rebuild import RebuildOnCopy
 
 
 class UNet1D(RebuildOnCopy, torch.nn.Module):
+    #: where adapters go by default (tta_core.adapters): the attention's query and key-value
+    #: projections. Its output projection (``attention.blocks.0``) is called through a closure
+    #: a-unet builds (tta_mousai.rebuild), so an adapter put there would never run.
+    adapter_targets = ("*.to_q", "*.to_kv")
+
     def __init__(
         self,
         in_channels: int = 32,

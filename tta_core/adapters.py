@@ -1,0 +1,283 @@
+"""Adapters (LoRA, DoRA) on any network, through peft: fine-tune a few million parameters in
+place of a whole denoiser, keep them in a small file, apply them (scaled, several at once) on
+load, or merge them into the weights.
+
+A network says where adapters go by default with an ``adapter_targets`` attribute: glob
+patterns over its module names (``named_modules``), e.g. the U-Net's attention projections
+``("*.to_q", "*.to_k", "*.to_v", "*.to_out.0")``. A recipe may name others (``targets:``).
+Only ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` layers take an adapter.
+
+Example::
+
+    from tta_core.adapters import AdapterConfig, add_adapter, adapter_state, save_adapter
+
+    cfg = AdapterConfig(type="lora", rank=8, alpha=8)
+    add_adapter(unet, cfg)                    # only the adapter's parameters require grad now
+    ...                                       # train
+    save_adapter(unet, "adapter.safetensors") # the adapter alone, its settings in the metadata
+    load_adapter(other_unet, "adapter.safetensors", scale=0.7)
+    merge_adapters(other_unet)                # plain layers again, the adapters in the weights
+
+Files are safetensors; their metadata holds ``tta_adapter`` (the AdapterConfig as JSON, the
+targets resolved to module names) so a file is read without its recipe.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from .errors import UsageError
+from .recipe import Range
+
+#: The name of the adapter a stage trains (peft's adapter name), and the metadata key of a file.
+DEFAULT_NAME = "default"
+METADATA_KEY = "tta_adapter"
+_LAYERS = ("Linear", "Conv1d", "Conv2d")
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """One adapter: ``type`` lora or dora (weight-decomposed LoRA), ``rank`` (r), ``alpha``
+    (the update is scaled by alpha / rank), ``dropout`` on the adapter's input, ``targets``
+    (glob patterns over module names; empty: the network's own ``adapter_targets``) and
+    ``components`` (the components that get one; empty: every component the stage trains)."""
+
+    type: Literal["lora", "dora"] = "lora"
+    rank: Annotated[int, Range(min=1)] = 8
+    alpha: Annotated[float, Range(above=0)] = 8.0
+    dropout: Annotated[float, Range(min=0, max=1)] = 0.0
+    targets: tuple[str, ...] = ()
+    components: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict, compare=False)  # resolved module names, when read from a file
+
+    def to_json(self, modules: list[str]) -> str:
+        data = {k: v for k, v in asdict(self).items() if k != "extra"}
+        return json.dumps({**data, "modules": modules})
+
+
+def parse_adapter(value: Any, where: str) -> AdapterConfig | None:
+    """A stage's ``adapters:`` mapping as an AdapterConfig (None for null); UsageError naming
+    ``where`` and the keys there are for anything else."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise UsageError(f"{where} must be a mapping, e.g. {{type: lora, rank: 8}}")
+    known = {f for f in AdapterConfig.__dataclass_fields__ if f != "extra"}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise UsageError(f"{where}: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    kwargs = dict(value)
+    for key in ("targets", "components"):
+        if key in kwargs:
+            items = kwargs[key]
+            kwargs[key] = (items,) if isinstance(items, str) else tuple(items)
+    cfg = AdapterConfig(**kwargs)
+    if cfg.type not in ("lora", "dora"):
+        raise UsageError(f"{where}.type: lora or dora, got {cfg.type!r}")
+    return cfg
+
+
+def target_modules(network: Any, patterns: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """The names of the layers of ``network`` that ``patterns`` (default: the network's
+    ``adapter_targets``) select; UsageError when none has defaults, or nothing matches."""
+    import torch
+
+    patterns = tuple(patterns) or tuple(getattr(network, "adapter_targets", ()))
+    layers = {name: type(m).__name__ for name, m in network.named_modules()
+              if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)) and name}
+    if not patterns:
+        raise UsageError(f"{type(network).__name__} declares no default adapter targets (adapter_targets): name "
+                         f"them with targets:, glob patterns over its layers, e.g. {_examples(layers)}")
+    chosen = [name for name in layers if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+    if not chosen:
+        defaults = getattr(network, "adapter_targets", ())
+        raise UsageError(f"adapter targets {list(patterns)} match no Linear/Conv1d/Conv2d layer of "
+                         f"{type(network).__name__}; " + (f"its defaults are {', '.join(defaults)}; " if defaults else "")
+                         + f"its layers are named like {_examples(layers)}")
+    return chosen
+
+
+def _examples(layers: dict[str, str]) -> str:
+    tails = sorted({"*." + name.rsplit(".", 1)[-1] for name in layers})
+    return ", ".join(tails[:16]) + (", ..." if len(tails) > 16 else "")
+
+
+def _peft_config(cfg: AdapterConfig, modules: list[str]) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, use_dora=cfg.type == "dora",
+                      target_modules=modules, init_lora_weights=True)
+
+
+def add_adapter(network: Any, cfg: AdapterConfig, name: str = DEFAULT_NAME, trainable: bool = True) -> list[str]:
+    """Put an adapter named ``name`` on ``network`` in place; returns the module names it is on.
+
+    Fresh adapters change nothing until trained (LoRA's B starts at zero). With ``trainable``
+    only the adapters' parameters require grad afterwards (the network's own are frozen)."""
+    from peft import inject_adapter_in_model
+
+    modules = target_modules(network, cfg.targets) if not cfg.extra.get("modules") else list(cfg.extra["modules"])
+    have = dict(network.named_modules())
+    absent = [m for m in modules if m not in have]
+    if absent:
+        raise UsageError(f"the adapter does not fit this network: {len(absent)} of its {len(modules)} layers are not "
+                         f"in {type(network).__name__} ({', '.join(absent[:2])}{', ...' if len(absent) > 2 else ''})")
+    with warnings.catch_warnings():  # a second adapter on one network is what load_adapter is for
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        inject_adapter_in_model(_peft_config(cfg, modules), network, adapter_name=name)
+    for param_name, param in network.named_parameters():
+        param.requires_grad_(trainable and _is_adapter(param_name))
+    network.__dict__.setdefault("_tta_adapters", {})[name] = (cfg, modules)
+    return modules
+
+
+def _is_adapter(param_name: str) -> bool:
+    return any(part.startswith(("lora_", "lora_magnitude_vector")) for part in param_name.split("."))
+
+
+def adapters_of(network: Any) -> dict[str, tuple[AdapterConfig, list[str]]]:
+    """The adapters on ``network``: name -> (its config, the module names it is on)."""
+    return dict(network.__dict__.get("_tta_adapters", {}))
+
+
+def adapter_parameters(network: Any) -> list[Any]:
+    """The parameters of every adapter on ``network`` (what a stage with adapters trains)."""
+    return [p for n, p in network.named_parameters() if _is_adapter(n)]
+
+
+def adapter_state(network: Any, name: str = DEFAULT_NAME) -> dict[str, Any]:
+    """The state of one adapter (peft's keys, without the adapter's name)."""
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(network, adapter_name=name)
+
+
+def load_adapter_state(network: Any, state: dict[str, Any], name: str = DEFAULT_NAME) -> None:
+    """Load an adapter's state into the adapter ``name`` already on ``network``; a key that
+    does not fit, or one missing, is a UsageError naming it."""
+    from peft import set_peft_model_state_dict
+
+    wanted = set(adapter_state(network, name))
+    missing, unexpected = sorted(wanted - set(state)), sorted(set(state) - wanted)
+    if missing or unexpected:
+        raise UsageError(f"the adapter does not fit this network: {len(missing)} of its layers missing "
+                         f"({', '.join(missing[:2])}{', ...' if len(missing) > 2 else ''}), {len(unexpected)} not "
+                         f"in it ({', '.join(unexpected[:2])}{', ...' if len(unexpected) > 2 else ''})")
+    ours = adapter_state(network, name)
+    wrong = [k for k in state if tuple(state[k].shape) != tuple(ours[k].shape)]
+    if wrong:
+        raise UsageError(f"the adapter does not fit this network: {wrong[0]} is {tuple(state[wrong[0]].shape)}, "
+                         f"the network's is {tuple(ours[wrong[0]].shape)} (another rank or network size)")
+    set_peft_model_state_dict(network, state, adapter_name=name)
+
+
+def save_adapter(network: Any, path: str | os.PathLike, name: str = DEFAULT_NAME) -> Path:
+    """Write adapter ``name`` of ``network`` to a safetensors file, its config in the metadata."""
+    from safetensors.torch import save_file
+
+    cfg, modules = adapters_of(network)[name]
+    state = {k: v.detach().contiguous().cpu() for k, v in adapter_state(network, name).items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={METADATA_KEY: cfg.to_json(modules)})
+    return path
+
+
+def read_adapter(path: str | os.PathLike) -> tuple[AdapterConfig, dict[str, Any]]:
+    """(config, state) of an adapter file; UsageError for a file that is not one."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no adapter file at {path}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = (f.metadata() or {}).get(METADATA_KEY)
+    except Exception as exc:  # safetensors raises its own error types for a damaged header
+        raise UsageError(f"{path} is not a safetensors file ({exc})") from None
+    if meta is None:
+        raise UsageError(f"{path} holds no tta adapter (no '{METADATA_KEY}' in its metadata)")
+    data = json.loads(meta)
+    modules = data.pop("modules")
+    cfg = AdapterConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}, extra={"modules": modules})
+    return cfg, load_file(str(path))
+
+
+def load_adapter(network: Any, path: str | os.PathLike, name: str | None = None, scale: float = 1.0) -> str:
+    """Put the adapter saved at ``path`` on ``network`` (frozen), scaled by ``scale``; returns
+    the adapter's name (the file's stem unless given). Several may be loaded: all are active."""
+    cfg, state = read_adapter(path)
+    name = name or _free_name(network, Path(path).stem)
+    add_adapter(network, cfg, name, trainable=False)
+    load_adapter_state(network, state, name)
+    set_adapter_scale(network, name, scale)
+    activate(network, list(adapters_of(network)))
+    return name
+
+
+def _free_name(network: Any, stem: str) -> str:
+    base = "".join(c if c.isalnum() else "_" for c in stem) or "adapter"
+    taken, name, i = adapters_of(network), base, 1
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    return name
+
+
+def _layers(network: Any) -> list[Any]:
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in network.modules() if isinstance(m, LoraLayer)]
+
+
+def set_adapter_scale(network: Any, name: str, scale: float) -> None:
+    """Scale adapter ``name``'s update by ``scale`` (0: as if absent, 1: as trained)."""
+    for layer in _layers(network):
+        if name in layer.lora_A:
+            layer.set_scale(name, scale)
+
+
+def activate(network: Any, names: list[str]) -> None:
+    """Make exactly ``names`` the active adapters (their updates add up); which parameters
+    require grad stays as it was (peft's own switch would make every active adapter trainable)."""
+    wanted = {id(p): p.requires_grad for p in network.parameters()}
+    for layer in _layers(network):
+        layer.set_adapter([n for n in names if n in layer.lora_A])
+    for p in network.parameters():
+        p.requires_grad_(wanted.get(id(p), False))
+
+
+def merge_adapters(network: Any) -> None:
+    """Fold every active adapter into the weights (at its scale) and take the adapter layers
+    out: ``network`` is a plain network again, as fast as before it had any."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for parent_name, parent in list(network.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, BaseTunerLayer):
+                child.merge()
+                setattr(parent, child_name, child.get_base_layer())
+    network.__dict__.pop("_tta_adapters", None)
+
+
+def copy_adapters(source: Any, target: Any) -> None:
+    """Put on ``target`` (a network built anew from the same settings as ``source``) the
+    adapters ``source`` has, with their scales and which are active, so that
+    ``target.load_state_dict(source.state_dict())`` fits: for a network that copies itself by
+    rebuilding (an EMA copy)."""
+    from dataclasses import replace
+
+    if not adapters_of(source):
+        return
+    for name, (cfg, modules) in adapters_of(source).items():
+        add_adapter(target, replace(cfg, extra={"modules": modules}), name, trainable=False)
+    for mine, theirs in zip(_layers(source), _layers(target)):
+        theirs.scaling.update(mine.scaling)
+    activate(target, list(_layers(source)[0].active_adapters) if _layers(source) else [])

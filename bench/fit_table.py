@@ -1,7 +1,7 @@
 """The README's "Will it fit?" table: `tta-run RECIPE plan --device cuda --memory M` for every
 shipped real-size recipe at 24, 48 and 80 GB, as one markdown table.
 
-    .venv/bin/python bench/fit_table.py [--recipes audioldm_t5 ...] [--memory 24GB 48GB 80GB]
+    .venv/bin/python bench/fit_table.py [--recipes audioldm_t5 ...] [--memory 24GB 48GB 80GB] [--batch-size 32]
 
 Per stage (and sampling): the batch and precision the recipe trains at, the estimated peak,
 and per card size "fits", the `--set` lines that make it fit, or "no" with the least the stage
@@ -45,13 +45,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", nargs="+", default=REAL_SIZE)
     parser.add_argument("--memory", nargs="+", default=["24GB", "48GB", "80GB"])
+    parser.add_argument("--batch-size", type=int, default=None, help="every stage at this batch (plan --batch-size)")
     args = parser.parse_args()
     os.chdir(REPO)
     print("| recipe | stage | batch | precision | estimated peak | " + " | ".join(args.memory) + " |")
     print("|---|---|---|---|---|" + "---|" * len(args.memory))
     for name in args.recipes:
         recipe = load_recipe(REPO / "recipes" / f"{name}.yaml")
-        plans = plan_limits(recipe, registry=get_registry(), limits=args.memory, device="cuda", measure=False)
+        plans = plan_limits(recipe, registry=get_registry(), limits=args.memory, device="cuda", measure=False,
+                            batch_size=args.batch_size)
         rows = [(s.name, [p.stages[i] for p in plans]) for i, s in enumerate(plans[0].stages)]
         rows.append(("sample", [p.sampling for p in plans]))
         for stage, parts in rows:

@@ -324,3 +324,10 @@ def test_step_peaks_counts_a_training_step_on_fake_tensors_or_runs_it_for_real_a
     real = {n: memory.measured_bytes(_train_step(CachingProcess()), torch.randn(n * 64, 8)) for n in (1, 16)}
     if not reads_data:
         assert peaks == real
+
+
+def test_peak_at_reads_a_counted_size_and_draws_the_line_between_or_beyond_the_others():
+    peaks = {1: 100, 4: 160}
+    assert memory.peak_at(peaks, 4) == 160 and memory.peak_at(peaks, 2) == 120  # 20 per item
+    assert memory.peak_at(peaks, 10) == 280 and memory.peak_at({1: 100}, 8) == 100
+    assert memory.peak_at({1: 100, 2: 90}, 8) == 100  # a count that falls with the batch is taken as flat

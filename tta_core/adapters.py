@@ -28,7 +28,7 @@ import fnmatch
 import json
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -38,15 +38,15 @@ from .recipe import Range
 #: The name of the adapter a stage trains (peft's adapter name), and the metadata key of a file.
 DEFAULT_NAME = "default"
 METADATA_KEY = "tta_adapter"
-_LAYERS = ("Linear", "Conv1d", "Conv2d")
 
 
 @dataclass(frozen=True)
 class AdapterConfig:
     """One adapter: ``type`` lora or dora (weight-decomposed LoRA), ``rank`` (r), ``alpha``
     (the update is scaled by alpha / rank), ``dropout`` on the adapter's input, ``targets``
-    (glob patterns over module names; empty: the network's own ``adapter_targets``) and
-    ``components`` (the components that get one; empty: every component the stage trains)."""
+    (glob patterns over module names; empty: the network's own ``adapter_targets``),
+    ``components`` (the components that get one; empty: every component the stage trains) and
+    ``modules`` (the layers it is on, resolved from the targets: what a file records)."""
 
     type: Literal["lora", "dora"] = "lora"
     rank: Annotated[int, Range(min=1)] = 8
@@ -54,11 +54,7 @@ class AdapterConfig:
     dropout: Annotated[float, Range(min=0, max=1)] = 0.0
     targets: tuple[str, ...] = ()
     components: tuple[str, ...] = ()
-    extra: dict = field(default_factory=dict, compare=False)  # resolved module names, when read from a file
-
-    def to_json(self, modules: list[str]) -> str:
-        data = {k: v for k, v in asdict(self).items() if k != "extra"}
-        return json.dumps({**data, "modules": modules})
+    modules: tuple[str, ...] = ()
 
 
 def parse_adapter(value: Any, where: str) -> AdapterConfig | None:
@@ -68,7 +64,7 @@ def parse_adapter(value: Any, where: str) -> AdapterConfig | None:
         return None
     if not isinstance(value, dict):
         raise UsageError(f"{where} must be a mapping, e.g. {{type: lora, rank: 8}}")
-    known = {f for f in AdapterConfig.__dataclass_fields__ if f != "extra"}
+    known = {f for f in AdapterConfig.__dataclass_fields__ if f != "modules"}
     unknown = sorted(set(value) - known)
     if unknown:
         raise UsageError(f"{where}: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -122,7 +118,7 @@ def add_adapter(network: Any, cfg: AdapterConfig, name: str = DEFAULT_NAME, trai
     only the adapters' parameters require grad afterwards (the network's own are frozen)."""
     from peft import inject_adapter_in_model
 
-    modules = target_modules(network, cfg.targets) if not cfg.extra.get("modules") else list(cfg.extra["modules"])
+    modules = list(cfg.modules) or target_modules(network, cfg.targets)
     have = dict(network.named_modules())
     absent = [m for m in modules if m not in have]
     if absent:
@@ -133,16 +129,16 @@ def add_adapter(network: Any, cfg: AdapterConfig, name: str = DEFAULT_NAME, trai
         inject_adapter_in_model(_peft_config(cfg, modules), network, adapter_name=name)
     for param_name, param in network.named_parameters():
         param.requires_grad_(trainable and _is_adapter(param_name))
-    network.__dict__.setdefault("_tta_adapters", {})[name] = (cfg, modules)
+    network.__dict__.setdefault("_tta_adapters", {})[name] = replace(cfg, modules=tuple(modules))
     return modules
 
 
 def _is_adapter(param_name: str) -> bool:
-    return any(part.startswith(("lora_", "lora_magnitude_vector")) for part in param_name.split("."))
+    return any(part.startswith("lora_") for part in param_name.split("."))  # lora_A, lora_B, lora_magnitude_vector
 
 
-def adapters_of(network: Any) -> dict[str, tuple[AdapterConfig, list[str]]]:
-    """The adapters on ``network``: name -> (its config, the module names it is on)."""
+def adapters_of(network: Any) -> dict[str, AdapterConfig]:
+    """The adapters on ``network``: name -> its config (``modules``: the layers it is on)."""
     return dict(network.__dict__.get("_tta_adapters", {}))
 
 
@@ -163,13 +159,13 @@ def load_adapter_state(network: Any, state: dict[str, Any], name: str = DEFAULT_
     does not fit, or one missing, is a UsageError naming it."""
     from peft import set_peft_model_state_dict
 
-    wanted = set(adapter_state(network, name))
+    ours = adapter_state(network, name)
+    wanted = set(ours)
     missing, unexpected = sorted(wanted - set(state)), sorted(set(state) - wanted)
     if missing or unexpected:
         raise UsageError(f"the adapter does not fit this network: {len(missing)} of its layers missing "
                          f"({', '.join(missing[:2])}{', ...' if len(missing) > 2 else ''}), {len(unexpected)} not "
                          f"in it ({', '.join(unexpected[:2])}{', ...' if len(unexpected) > 2 else ''})")
-    ours = adapter_state(network, name)
     wrong = [k for k in state if tuple(state[k].shape) != tuple(ours[k].shape)]
     if wrong:
         raise UsageError(f"the adapter does not fit this network: {wrong[0]} is {tuple(state[wrong[0]].shape)}, "
@@ -181,11 +177,10 @@ def save_adapter(network: Any, path: str | os.PathLike, name: str = DEFAULT_NAME
     """Write adapter ``name`` of ``network`` to a safetensors file, its config in the metadata."""
     from safetensors.torch import save_file
 
-    cfg, modules = adapters_of(network)[name]
     state = {k: v.detach().contiguous().cpu() for k, v in adapter_state(network, name).items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata={METADATA_KEY: cfg.to_json(modules)})
+    save_file(state, str(path), metadata={METADATA_KEY: json.dumps(asdict(adapters_of(network)[name]))})
     return path
 
 
@@ -204,9 +199,7 @@ def read_adapter(path: str | os.PathLike) -> tuple[AdapterConfig, dict[str, Any]
         raise UsageError(f"{path} is not a safetensors file ({exc})") from None
     if meta is None:
         raise UsageError(f"{path} holds no tta adapter (no '{METADATA_KEY}' in its metadata)")
-    data = json.loads(meta)
-    modules = data.pop("modules")
-    cfg = AdapterConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}, extra={"modules": modules})
+    cfg = AdapterConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(meta).items()})
     return cfg, load_file(str(path))
 
 
@@ -259,7 +252,7 @@ def merge_adapters(network: Any) -> None:
     out: ``network`` is a plain network again, as fast as before it had any."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    for parent_name, parent in list(network.named_modules()):
+    for parent in list(network.modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, BaseTunerLayer):
                 child.merge()
@@ -272,12 +265,12 @@ def copy_adapters(source: Any, target: Any) -> None:
     adapters ``source`` has, with their scales and which are active, so that
     ``target.load_state_dict(source.state_dict())`` fits: for a network that copies itself by
     rebuilding (an EMA copy)."""
-    from dataclasses import replace
-
-    if not adapters_of(source):
+    adapters = adapters_of(source)
+    if not adapters:
         return
-    for name, (cfg, modules) in adapters_of(source).items():
-        add_adapter(target, replace(cfg, extra={"modules": modules}), name, trainable=False)
-    for mine, theirs in zip(_layers(source), _layers(target)):
+    for name, cfg in adapters.items():
+        add_adapter(target, cfg, name, trainable=False)
+    layers = _layers(source)
+    for mine, theirs in zip(layers, _layers(target)):
         theirs.scaling.update(mine.scaling)
-    activate(target, list(_layers(source)[0].active_adapters) if _layers(source) else [])
+    activate(target, list(layers[0].active_adapters))

@@ -219,6 +219,20 @@ def step_peaks(step: Callable[[Any], Any], make: Callable[[int], Any], sizes: tu
         return {n: measured_bytes(step, batch) for n, batch in batches.items()}, "real"
 
 
+def peak_at(peaks: dict[int, int], batch_size: int) -> int:
+    """The peak of a step at ``batch_size`` from :func:`step_peaks`'s counts: the count where
+    that size was tried, else the line through the two nearest tried sizes (activations grow
+    linearly with the batch; a line that falls is taken as flat)."""
+    if batch_size in peaks:
+        return peaks[batch_size]
+    sizes = sorted(peaks)
+    if len(sizes) == 1:
+        return peaks[sizes[0]]
+    lo, hi = (sizes[-2], sizes[-1]) if batch_size > sizes[-1] else (sizes[0], sizes[1])
+    per_item = max(0.0, (peaks[hi] - peaks[lo]) / (hi - lo))
+    return int(peaks[lo] + per_item * (batch_size - lo))
+
+
 @contextlib.contextmanager
 def unchanged(*objects: Any) -> Iterator[None]:
     """Put ``objects`` (and, for modules, every submodule) back as they were on leaving: each

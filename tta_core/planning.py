@@ -297,16 +297,6 @@ class _Trial:
     components: list[ComponentPlan]
     seconds: float | None = None
 
-    def peak(self, batch_size: int) -> int:
-        """The step's tensor peak at ``batch_size``: counted where it was tried, else the line
-        through the two nearest tried sizes (activations grow linearly with the batch)."""
-        if batch_size in self.peaks:
-            return self.peaks[batch_size]
-        sizes = sorted(self.peaks)
-        lo, hi = (sizes[-2], sizes[-1]) if batch_size > sizes[-1] else (sizes[0], sizes[1])
-        per_item = (self.peaks[hi] - self.peaks[lo]) / (hi - lo)
-        return int(self.peaks[lo] + per_item * (batch_size - lo))
-
 
 def _synthetic_batch(objective: Any, audio: Any, n: int, device: Any) -> Any:
     """A collated batch of ``n`` examples as the data layer makes them (tta_core.data.dataset):
@@ -416,11 +406,13 @@ class _StagePlanner:
 
     def estimate(self, setting: _Setting) -> tuple[int, dict[str, int]]:
         """(peak bytes, breakdown) of the stage under ``setting``."""
+        from .memory import peak_at
+
         trial = self.trial(setting)
         grads = 4 * sum(math.prod(shape) for shapes in trial.groups.values() for shape in shapes)
         optimizer = sum(_optimizer_bytes(self.stage.optimizer_for(name), setting.optimizer, shapes)
                         for name, shapes in trial.groups.items())
-        steps = trial.peak(setting.batch_size)
+        steps = peak_at(trial.peaks, setting.batch_size)
         breakdown = {"weights": trial.weights - (trial.frozen if setting.offload else 0), "gradients": grads,
                      "optimizer": optimizer, "ema": trial.ema, "activations": max(0, steps - grads)}
         return sum(breakdown.values()), breakdown

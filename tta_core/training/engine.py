@@ -426,7 +426,7 @@ class Trainer:
         gradient the trial steps touch is put back, so training goes on exactly as without
         them. Runs of several processes are not checked here (a CUDA out-of-memory error
         there still says which batch size to lower)."""
-        from ..memory import available_bytes, format_bytes, step_peaks
+        from ..memory import available_bytes, format_bytes, peak_at, step_peaks
         from ..sampling.estimate import MEMORY_MARGIN
 
         stage, device = self.stage, acc.device
@@ -455,9 +455,7 @@ class Trainer:
             with torch.no_grad():
                 for b, value in zip(buffers, saved):
                     b.copy_(value)
-        probe = max(peaks)  # the whole batch, or the most items run for real
-        per_item = (peaks[probe] - peaks[1]) / (probe - 1) if probe > 1 else 0.0
-        peak = peaks[probe] + max(0.0, per_item) * (size - probe)
+        peak = peak_at(peaks, size)
         state = sum(optimizer_state_bytes(stage.optimizer_for(name), [p.shape for p in params])
                     for name, params in job.param_lists.items())
         need = int((peak + state) * MEMORY_MARGIN)

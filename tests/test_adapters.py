@@ -89,7 +89,8 @@ def test_a_saved_adapter_gives_the_same_network_on_another_copy_scaled_and_merge
     x, t, cond = inputs(net)
     trained = net(x, t, cond).detach()
     path = A.save_adapter(net, tmp_path / "birds.safetensors")
-    cfg, state = A.read_adapter(path)
+    found = A.read_adapter(path)
+    cfg, state = found.config, found.state
     assert cfg.rank == 2 and cfg.modules and all("lora_" in k for k in state)
     assert path.stat().st_size < 0.2 * sum(p.numel() * 4 for p in make().parameters())
 

@@ -56,6 +56,23 @@ def test_jsonl_missing_manifest_is_an_error_that_names_it(tmp_path):
         readers.jsonl(str(tmp_path / "nope.jsonl"))
 
 
+def test_jsonl_pools_several_manifests_made_alike_without_id_clashes(tmp_path):
+    for folder in ("new", "replay"):
+        write_wav(tmp_path / folder / "audio" / "x.wav")
+        write_jsonl(tmp_path / folder / "manifest.jsonl", [
+            {"id": "sounds-0", "audio": "audio/x.wav", "caption": f"a {folder} sound", "label": folder},
+            {"audio": "audio/x.wav", "caption": "no id"},
+        ])
+    manifests = [str(tmp_path / f / "manifest.jsonl") for f in ("new", "replay")]
+    items = readers.jsonl(manifests)
+    assert [i.id for i in items] == ["new/sounds-0", "new/x", "replay/sounds-0", "replay/x"]
+    assert [i.label for i in items] == ["new", None, "replay", None]
+    assert items[2].audio == tmp_path / "replay" / "audio" / "x.wav"
+    assert [i.id for i in readers.jsonl(manifests[0])] == ["sounds-0", "x"]  # one manifest: ids as written
+    with pytest.raises(DataError, match="manifest not found: .*nope.jsonl"):
+        readers.jsonl([manifests[0], str(tmp_path / "nope.jsonl")])
+
+
 def test_audiocaps_amphion_layout(tmp_path):
     root = tmp_path / "AudioCaps"
     for uid in ("u1", "u2"):

@@ -38,6 +38,10 @@ from .recipe import Range
 #: The name of the adapter a stage trains (peft's adapter name), and the metadata key of a file.
 DEFAULT_NAME = "default"
 METADATA_KEY = "tta_adapter"
+COMPONENT_KEY, KIND_KEY = "tta_component", "tta_kind"
+#: A stage's adapter of component ``unet`` is ``unet.adapter.safetensors`` in its checkpoints
+#: (``unet.adapter.ema.safetensors`` for the EMA copy).
+ADAPTER_SUFFIX = "adapter"
 
 
 @dataclass(frozen=True)
@@ -173,19 +177,43 @@ def load_adapter_state(network: Any, state: dict[str, Any], name: str = DEFAULT_
     set_peft_model_state_dict(network, state, adapter_name=name)
 
 
-def save_adapter(network: Any, path: str | os.PathLike, name: str = DEFAULT_NAME) -> Path:
-    """Write adapter ``name`` of ``network`` to a safetensors file, its config in the metadata."""
-    from safetensors.torch import save_file
+def adapter_metadata(network: Any, name: str = DEFAULT_NAME, component: str | None = None,
+                     kind: str | None = None) -> dict[str, str]:
+    """The safetensors metadata of adapter ``name``: its config, and the recipe component (and
+    that component's kind, e.g. ``denoiser``) it was trained on, when known."""
+    meta = {METADATA_KEY: json.dumps(asdict(adapters_of(network)[name]))}
+    if component:
+        meta[COMPONENT_KEY] = component
+    if kind:
+        meta[KIND_KEY] = kind
+    return meta
 
-    state = {k: v.detach().contiguous().cpu() for k, v in adapter_state(network, name).items()}
+
+def save_adapter(network: Any, path: str | os.PathLike, name: str = DEFAULT_NAME, *, component: str | None = None,
+                 kind: str | None = None) -> Path:
+    """Write adapter ``name`` of ``network`` to a safetensors file, its config in the metadata."""
+    from .checkpoint import save_weights
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata={METADATA_KEY: json.dumps(asdict(adapters_of(network)[name]))})
+    save_weights(path, adapter_state(network, name), adapter_metadata(network, name, component, kind))
     return path
 
 
-def read_adapter(path: str | os.PathLike) -> tuple[AdapterConfig, dict[str, Any]]:
-    """(config, state) of an adapter file; UsageError for a file that is not one."""
+@dataclass(frozen=True)
+class AdapterFile:
+    """What an adapter file holds: its config, its tensors, and the component (name and kind)
+    it was trained on when the file says."""
+
+    path: Path
+    config: AdapterConfig
+    state: dict
+    component: str | None = None
+    kind: str | None = None
+
+
+def read_adapter(path: str | os.PathLike) -> AdapterFile:
+    """An adapter file, read whole; UsageError for a file that is not one."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -194,22 +222,27 @@ def read_adapter(path: str | os.PathLike) -> tuple[AdapterConfig, dict[str, Any]
         raise UsageError(f"no adapter file at {path}")
     try:
         with safe_open(str(path), "pt") as f:
-            meta = (f.metadata() or {}).get(METADATA_KEY)
+            meta = dict(f.metadata() or {})
     except Exception as exc:  # safetensors raises its own error types for a damaged header
         raise UsageError(f"{path} is not a safetensors file ({exc})") from None
-    if meta is None:
+    if METADATA_KEY not in meta:
         raise UsageError(f"{path} holds no tta adapter (no '{METADATA_KEY}' in its metadata)")
-    cfg = AdapterConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(meta).items()})
-    return cfg, load_file(str(path))
+    try:
+        raw = json.loads(meta[METADATA_KEY])
+        known = set(AdapterConfig.__dataclass_fields__)
+        cfg = AdapterConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known})
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise UsageError(f"{path}: its '{METADATA_KEY}' metadata is not an adapter config ({exc})") from None
+    return AdapterFile(path, cfg, load_file(str(path)), meta.get(COMPONENT_KEY), meta.get(KIND_KEY))
 
 
 def load_adapter(network: Any, path: str | os.PathLike, name: str | None = None, scale: float = 1.0) -> str:
     """Put the adapter saved at ``path`` on ``network`` (frozen), scaled by ``scale``; returns
     the adapter's name (the file's stem unless given). Several may be loaded: all are active."""
-    cfg, state = read_adapter(path)
-    name = name or _free_name(network, Path(path).stem)
-    add_adapter(network, cfg, name, trainable=False)
-    load_adapter_state(network, state, name)
+    found = read_adapter(path)
+    name = name or _free_name(network, Path(path).name.split(".")[0])
+    add_adapter(network, found.config, name, trainable=False)
+    load_adapter_state(network, found.state, name)
     set_adapter_scale(network, name, scale)
     activate(network, list(adapters_of(network)))
     return name

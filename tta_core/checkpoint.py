@@ -238,12 +238,14 @@ def save_checkpoint(
     state: Mapping[str, Any] | None = None,
     tensors: Mapping[str, Any] | None = None,
     metadata: Mapping[str, str] | None = None,
+    file_metadata: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Path:
     """Write ``root/step-<N>/`` atomically and select it in ``root/latest``.
 
     ``weights`` maps a name (``model``, ``ema``, ...) to a state dict; ``state`` must be
     JSON-serialisable; ``tensors`` holds tensor-valued state (optimizer, RNG) and plain
-    containers of them.
+    containers of them. ``metadata`` goes into every weights file, ``file_metadata[name]``
+    into that one's as well.
     """
     import torch
 
@@ -258,7 +260,8 @@ def save_checkpoint(
         for name, state_dict in weights.items():
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
                 raise ValueError(f"weight set names are file names, got {name!r}")
-            save_weights(tmp / f"{name}.safetensors", state_dict, metadata)
+            save_weights(tmp / f"{name}.safetensors", state_dict,
+                         {**(metadata or {}), **(file_metadata or {}).get(name, {})})
         if tensors:
             import io
 

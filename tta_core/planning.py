@@ -219,14 +219,19 @@ class _Components:
 
         return {**to_plain(self.recipe.components[name]), **(extra or {})}
 
-    def get(self, name: str, extra: dict | None = None) -> tuple[Any, ComponentPlan]:
-        """(the built component or None, what the report says of it)."""
+    def get(self, name: str, extra: dict | None = None, adapters: Any = None) -> tuple[Any, ComponentPlan]:
+        """(the built component or None, what the report says of it); ``adapters``: an
+        AdapterConfig to put on it (a stage that trains adapters)."""
         node = self.node(name, extra)
-        key = repr(sorted(node.items(), key=lambda kv: kv[0]))
+        key = repr((sorted(node.items(), key=lambda kv: kv[0]), adapters))
         if name in self._built and self._built[name][0] == key:
             return self._built[name][1:]
         self._built.pop(name, None)  # the old build is let go before a new one is made
         built, info = self._build(name, node)
+        if adapters is not None and built is not None:
+            from .adapters import add_adapter
+
+            add_adapter(built, adapters)
         self._built[name] = (key, built, info)
         self._infos[name] = info
         return built, info
@@ -358,7 +363,7 @@ class _StagePlanner:
         built, infos = {}, []
         for name in self.recipe.components:
             extra = {"gradient_checkpointing": True} if name in setting.checkpointing else None
-            module, info = self.components.get(name, extra)
+            module, info = self.components.get(name, extra, stage.adapters if name in stage.adapted else None)
             info = replace(info, role="trained" if name in stage.trains else "frozen")
             infos.append(info)
             if module is None:
@@ -366,7 +371,14 @@ class _StagePlanner:
             built[name] = module
             if isinstance(module, torch.nn.Module):
                 module.train(name in stage.trains)
-                module.requires_grad_(name in stage.trains)
+                if name in stage.adapted:  # the adapters alone train
+                    from .adapters import adapter_parameters
+
+                    module.requires_grad_(False)
+                    for p in adapter_parameters(module):
+                        p.requires_grad_(True)
+                else:
+                    module.requires_grad_(name in stage.trains)
         objective = build(stage.objective, "objective", self.registry, where=f"train.{stage.name}.objective")
         extra = dict(objective.modules()) if hasattr(objective, "modules") else {}
         for name, module in extra.items():

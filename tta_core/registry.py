@@ -29,6 +29,7 @@ KINDS: dict[str, str] = {
     "dataset": "reads a dataset's metadata into captioned audio items",
     "embedder": "embeds audio (and text) for evaluation metrics",
     "importer": "reads weights trained elsewhere into a run directory (tta-run import)",
+    "exporter": "writes a run's models in another framework's layout (tta-run export)",
 }
 
 

@@ -17,6 +17,7 @@ def tta_register(register):
     register("importer", "audioldm-diffusers", f"{_P}.importer:DiffusersImporter")
     register("importer", "audioldm-ckpt", f"{_P}.importer:CkptImporter")
     register("importer", "amphion-tta", f"{_P}.amphion_import:AmphionImporter")
+    register("exporter", "diffusers", f"{_P}.exporter:DiffusersExporter")
     register("vocoder", "griffin_lim", f"{_P}.vocoders:GriffinLim")
     register("vocoder", "hifigan", f"{_P}.vocoders:HiFiGAN")
     register("objective", "vae_gan", f"{_P}.vae_gan:VAEGAN")

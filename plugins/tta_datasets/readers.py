@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def _open_json(path: Path, what: str, patterns: tuple[str, ...] = ("*.json",)):
         raise DataError(f"cannot read {what} {path}: {exc}") from None
 
 
-def jsonl(manifest: str) -> ItemSet:
+def jsonl(manifest: str | list[str]) -> ItemSet:
     """A JSON-lines manifest, one clip per line::
 
         {"id": "a1", "audio": "audio/a1.wav", "caption": "a dog barks", "label": "dog"}
@@ -68,10 +69,21 @@ def jsonl(manifest: str) -> ItemSet:
 
     ``audio`` is relative to the manifest; ``caption`` a string or a list (one is drawn per
     epoch); ``id`` defaults to the audio file's stem; other fields are kept in ``item.meta``.
+    Several manifests (a list) make one set, each id prefixed by its manifest's folder name
+    (``sounds_new/a1``) so that sets made alike do not collide.
     """
-    path = Path(manifest)
-    _need_file(path, "manifest", "a JSON-lines file (one JSON object per line)", ("manifest.jsonl", "*.jsonl"))
-    out = Collector(f"jsonl {path}")
+    paths = [Path(m) for m in ([manifest] if isinstance(manifest, (str, os.PathLike)) else manifest)]
+    if not paths:
+        raise DataError("jsonl: manifest is an empty list; name at least one manifest")
+    for path in paths:
+        _need_file(path, "manifest", "a JSON-lines file (one JSON object per line)", ("manifest.jsonl", "*.jsonl"))
+    out = Collector(f"jsonl {paths[0]}" if len(paths) == 1 else f"jsonl {', '.join(map(str, paths))}")
+    for path in paths:
+        _read_jsonl(path, out, f"{path.parent.name}/" if len(paths) > 1 else "")
+    return out.result()
+
+
+def _read_jsonl(path: Path, out: Collector, prefix: str) -> None:
     with open(path, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
             where = f"{path}:{n}"
@@ -86,9 +98,10 @@ def jsonl(manifest: str) -> ItemSet:
                 out.skip("bad_row", where, "a line is an object with an 'audio' path")
                 continue
             meta = {k: v for k, v in row.items() if k not in ("id", "audio", "caption", "label")}
-            out.add(id=row.get("id"), audio=resolve_path(row["audio"], path.parent), captions=row.get("caption"),
-                    label=row.get("label"), meta=meta, where=where)
-    return out.result()
+            audio, id_ = resolve_path(row["audio"], path.parent), row.get("id")
+            if prefix:
+                id_ = prefix + (str(id_) if id_ not in (None, "") else Path(audio).stem)
+            out.add(id=id_, audio=audio, captions=row.get("caption"), label=row.get("label"), meta=meta, where=where)
 
 
 def audiocaps(metadata: str, wav_dir: str = "wav") -> ItemSet:

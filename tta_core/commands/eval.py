@@ -13,7 +13,7 @@ a recipe: ``tta-run eval --generated A --reference B``. See tta_core.eval.compar
 (tta_core.eval.reconstruction).
 
 ``--adherence``: do generated clips sound like the label their prompt names? A classifier
-fitted on the recipe's labelled training clips (never on generated ones) labels each
+fitted on labelled real clips (data.train, or the --dataset manifests; never generated ones) labels each
 generated clip (see tta_core.eval.adherence). Without ``--generated DIR``, the clips are
 generated first, ``--n-per-label`` per label from that label's training captions, with the
 run's trained weights, into ``--out`` (default ``<run dir>/adherence/``), by the function
@@ -70,6 +70,11 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-steps", type=number(int, min=1), default=None, help="--reconstruction: diffusion autoencoders' steps")
     p.add_argument("--run-dir", default=None, help="the run folder (default runs/<recipe name>/)")
     p.add_argument("--n-per-label", type=number(int, min=1), default=4, help="clips to generate per label (default 4)")
+    p.add_argument("--dataset", action="append", default=[], metavar="MANIFEST",
+                   help="--adherence: a labelled jsonl manifest to take the labels, prompts and real clips from "
+                        "(default: the recipe's data.train); repeatable, the sets are pooled")
+    p.add_argument("--labels", default=None, metavar="LIST",
+                   help="--adherence: score only these labels (comma-separated; default: every label of the set)")
     p.add_argument("--reference-per-label", type=number(int, min=2), default=100,
                    help="labelled training clips per label to fit the classifier on (default 100)")
     p.add_argument("--min-accuracy", type=number(float, min=0, max=1), default=None,
@@ -78,6 +83,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=number(int, min=1), default=None)
     p.add_argument("--guidance", type=number(float, min=0), default=None)
     p.add_argument("--device", default=None)
+    p.add_argument("--adapter", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="--adherence: sample with this adapter too (as sample --adapter); repeatable")
     p.add_argument("--skip-memory-check", action="store_true",
                    help="--adherence: generate even when a batch is estimated to need more memory than is free")
 
@@ -92,23 +99,49 @@ def _features(waves, audio):
     return features(log_mel(torch.stack(waves).float(), audio))
 
 
-def _reference(recipe, registry, audio, per_label: int, seed: int):
-    """Labelled clips of data.train: features of a window of the recipe's duration (from
-    the start and from the end of each clip), their labels, and caption -> label."""
+def _labelled(recipe, registry, manifests: list[str], labels: str | None) -> dict[str, list]:
+    """label -> items of the labelled set: the ``--dataset`` manifests pooled, else data.train;
+    only ``labels`` (comma-separated) when given."""
+    from ..recipe import build
+
+    if manifests:
+        for path in manifests:
+            if not Path(path).is_file():
+                raise UsageError(f"--dataset {path}: no such manifest")
+        nodes = [({"type": "jsonl", "manifest": str(path)}, f"--dataset {path}") for path in manifests]
+    else:
+        node = (recipe.get("data") or {}).get("train")
+        if node is None:
+            raise UsageError("--adherence needs a labelled set: data.train in the recipe (e.g. the synthetic `sounds` "
+                             "set), or --dataset MANIFEST")
+        nodes = [(node, "data.train")]
+    by_label: dict[str, list] = {}
+    for node, where in nodes:
+        items = [it for it in build(node, "dataset", registry) if it.label]
+        if not items:
+            raise UsageError(f"--adherence needs labels: {where} has no item with a label")
+        for item in items:
+            by_label.setdefault(item.label, []).append(item)
+    if labels:
+        wanted = [x.strip() for x in labels.split(",") if x.strip()]
+        unknown = [x for x in wanted if x not in by_label]
+        if unknown:
+            raise UsageError(f"--labels: {', '.join(unknown)} not in the labelled set (its labels: "
+                             f"{', '.join(sorted(by_label))})")
+        if len(wanted) < 2:
+            raise UsageError("--labels: name at least two labels (the classifier tells labels apart)")
+        by_label = {x: by_label[x] for x in wanted}
+    return by_label
+
+
+def _reference(by_label: dict[str, list], audio, per_label: int, seed: int):
+    """Labelled clips: features of a window of the recipe's duration (from the start and from
+    the end of each clip), their labels, and caption -> label."""
     import torch
 
     from ..data.audio import BadAudio, fit, load_clip, max_offset_frames
-    from ..recipe import build
 
-    node = (recipe.get("data") or {}).get("train")
-    if node is None:
-        raise UsageError("--adherence needs a labelled data.train in the recipe (e.g. the synthetic `sounds` set)")
-    items = [it for it in build(node, "dataset", registry) if it.label]
-    if not items:
-        raise UsageError("--adherence needs labels: data.train has no item with a label")
-    by_label: dict[str, list] = {}
-    for item in items:
-        by_label.setdefault(item.label, []).append(item)
+    items = [item for group in by_label.values() for item in group]
     captions = {c: item.label for item in items for c in item.captions}
     g = torch.Generator().manual_seed(seed)
     waves, labels = [], []
@@ -277,7 +310,8 @@ def _generate_per_label(args: argparse.Namespace, recipe: Any, registry: Any, by
         pool = sorted({c for item in group for c in item.captions})
         for k in range(args.n_per_label):
             entries.append((f"{label}-{k}", pool[int(torch.randint(len(pool), (1,), generator=g))]))
-    pipe = load_pipeline(recipe, run_dir=run_dir, device=args.device, registry=registry)
+    pipe = load_pipeline(recipe, run_dir=run_dir, device=args.device, registry=registry,
+                         adapters=getattr(args, "adapter", ()))
     st = pipe.settings(steps=args.steps, guidance=args.guidance, seed=args.seed)
     written = write_samples(pipe, entries, st, out, earlier, overwrite=True, progress=False,
                             memory_check=not args.skip_memory_check)
@@ -293,7 +327,8 @@ def _score_adherence(args: argparse.Namespace, recipe: Any, registry: Any) -> in
     # the metrics read the mono mix
     audio = dataclasses.replace(recipe.audio, channels=1)
     home = run_dir(args, recipe)
-    feats, labels, captions, by_label = _reference(recipe, registry, audio, args.reference_per_label, args.seed)
+    by_label = _labelled(recipe, registry, args.dataset, args.labels)
+    feats, labels, captions, by_label = _reference(by_label, audio, args.reference_per_label, args.seed)
     train, held = split_holdout(len(labels), 0.2, args.seed)
     clf = AdherenceClassifier.fit(feats[train], [labels[i] for i in train])
     reference = score(clf, feats[held], [labels[i] for i in held], 0.0).overall
@@ -311,7 +346,7 @@ def _score_adherence(args: argparse.Namespace, recipe: Any, registry: Any) -> in
         print(f"not scored: {problem}")
     out.mkdir(parents=True, exist_ok=True)
     result = {"adherence": report.to_dict(), "generated": str(folder), "recipe": recipe.name,
-              "reference": {"split": "train", "per_label": args.reference_per_label,
+              "reference": {"split": "train", "datasets": list(args.dataset), "per_label": args.reference_per_label,
                             "audio": audio.to_dict(), "held_out_accuracy": reference},
               "not_scored": problems}
     (out / "eval.json").write_text(json.dumps(result, indent=2))

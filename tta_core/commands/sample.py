@@ -67,6 +67,10 @@ def _args(p: argparse.ArgumentParser) -> None:
     where.add_argument("--run-dir", default=None, help="the run directory (default runs/<recipe name>/)")
     where.add_argument("--ckpt", default=None, metavar="DIR", help="a checkpoint folder to take weights from first")
     where.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA copy")
+    where.add_argument("--adapter", action="append", default=[], metavar="PATH[:SCALE]",
+                       help="apply an adapter (a file, or a checkpoint or stage folder of a stage with adapters:) "
+                            "scaled by SCALE (default 1); repeatable, to mix several. The run's own adapters "
+                            "apply without it")
     where.add_argument("--out", default=None, metavar="DIR",
                        help="output folder (default <run dir>/samples/); files already there are kept: new ones "
                             "of the same name get -1, -2, ...; the folder's manifest.jsonl is appended to")
@@ -300,7 +304,7 @@ def _generate(args: argparse.Namespace) -> int:
     if args.duration is not None:
         check_duration(recipe.audio, args.duration)
     pipe = load_pipeline(recipe, run_dir=run_dir, ckpt=args.ckpt, device=args.device,
-                         precision=args.precision, ema=not args.no_ema, registry=registry)
+                         precision=args.precision, ema=not args.no_ema, registry=registry, adapters=args.adapter)
     ranker = None
     if args.rerank:
         from ..eval.rerank import ranker as make_ranker
@@ -318,4 +322,54 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = [Verb("sample", "generate audio from text with the trained weights in the run dir", _sample, _args)]
+def _merge_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="a new folder: DIR/weights/<component>.safetensors, a run folder `sample --run-dir DIR` reads")
+    p.add_argument("--run-dir", default=None, help="the run directory (default runs/<recipe name>/)")
+    p.add_argument("--ckpt", default=None, metavar="DIR", help="a checkpoint folder to take weights from first")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA copy")
+    p.add_argument("--adapter", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="merge this adapter too (as sample --adapter); repeatable")
+
+
+def _merge(args: argparse.Namespace) -> int:
+    """Fold the run's adapters (and --adapter ones) into the weights and write every
+    component's weights as a run folder of its own."""
+    import os
+    import shutil
+
+    from ..checkpoint import fsync_dir, save_weights
+    from ..exporting import check_out, merge_all_adapters
+    from ..runs import has_params, weights_file
+    from ..sampling import load_pipeline
+
+    recipe = load_recipe(args)
+    registry = load_plugins(args).registry
+    out = check_out(args.out)
+    check_writable(out, "--out")
+    pipe = load_pipeline(recipe, run_dir=base_run_dir(args, recipe), ckpt=args.ckpt, device="cpu",
+                         ema=not args.no_ema, registry=registry, adapters=args.adapter)
+    applied = [f"{name}: {file}" for name, loaded in pipe.weights.items() for file in loaded.adapters]
+    if not merge_all_adapters(pipe):
+        raise UsageError("nothing to merge: the run has no adapters (a stage with adapters:) and no --adapter was given")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        (tmp / "weights").mkdir(parents=True)
+        for name, module in pipe.components.items():
+            if has_params(module):
+                save_weights(tmp / "weights" / weights_file(name), module.state_dict())
+        fsync_dir(tmp / "weights")
+        check_out(out)  # nothing appeared there meanwhile
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("merged:\n  " + "\n  ".join(applied))
+    print(f"wrote {out / 'weights'}; sample with: tta-run {recipe.path} sample --run-dir {out}")
+    return 0
+
+
+COMMANDS = [Verb("sample", "generate audio from text with the trained weights in the run dir", _sample, _args),
+            Verb("merge-adapter", "fold a run's adapters (and --adapter ones) into its weights, written as a new run "
+                 "folder", _merge, _merge_args)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -27,7 +27,7 @@ from . import estimate
 from .device import pick_device
 from .editing import Edit, load_audio, plan_edit
 from .settings import NamesOptions, SampleSettings, per_text, resolve_settings, sampler_node, takes
-from .weights import LoadedWeights, load_weights_for
+from .weights import LoadedWeights, add_adapters, load_weights_for
 
 
 
@@ -68,6 +68,11 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         self.precision = resolve_precision(self.precision, self.device)  # auto -> what this device runs natively
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """Component name -> the built component, for every role the pipeline has."""
+        return {name: getattr(self, role) for role, name in self.roles.items() if getattr(self, role) is not None}
 
     # -- settings ---------------------------------------------------------------------------
     @property
@@ -335,14 +340,17 @@ def _build_graph(recipe: Recipe, registry: Any, roles: dict[str, str], audio: An
 
 def load_pipeline(recipe: str | os.PathLike | Recipe, *, run_dir: str | os.PathLike | None = None,
                   ckpt: str | os.PathLike | None = None, device: str | None = None, precision: str = "fp32",
-                  ema: bool = True, overrides: Sequence[str] = (), registry: Any = None) -> Pipeline:
+                  ema: bool = True, overrides: Sequence[str] = (), registry: Any = None,
+                  adapters: Sequence[Any] = ()) -> Pipeline:
     """Build a recipe's sample graph and load its trained weights.
 
     ``run_dir`` defaults to the recipe's ``run_dir:``, else ``runs/<recipe name>``; ``ckpt`` is one checkpoint folder to
     take weights from first; ``ema=False`` loads the raw weights instead of the EMA copy;
     ``precision`` (fp32, bf16, fp16, or auto: bf16 where the device computes it natively) runs the
     denoiser under autocast. Roles: :func:`tta_core.roles.resolve_roles`; weights: the rule of
-    :mod:`tta_core.sampling.weights`.
+    :mod:`tta_core.sampling.weights`. ``adapters``: more adapters to apply, each ``PATH``,
+    ``PATH:SCALE`` or (path, scale); a path is an adapter file, or a checkpoint or stage folder
+    with adapters (a run's own adapters are applied without asking).
     """
     if registry is None:
         from ..discovery import get_plugins
@@ -357,7 +365,12 @@ def load_pipeline(recipe: str | os.PathLike | Recipe, *, run_dir: str | os.PathL
     audio = recipe.audio
     built = _build_graph(recipe, registry, roles, audio)
     run_dir = Path(run_dir) if run_dir is not None else recipe.run_dir
-    weights = load_weights_for({roles[role]: c for role, c in built.items()}, recipe, run_dir, ckpt=ckpt, ema=ema)
+    by_name = {roles[role]: c for role, c in built.items()}
+    weights = load_weights_for(by_name, recipe, run_dir, ckpt=ckpt, ema=ema)
+    if adapters:
+        kinds = {name: component_kind(recipe, name, registry) for name in by_name}
+        for name, files in add_adapters(by_name, kinds, adapters, ema=ema).items():
+            weights[name] = replace(weights[name], adapters=(*weights[name].adapters, *files))
     dev = pick_device(device)
     for component in built.values():
         if isinstance(component, torch.nn.Module):

@@ -14,15 +14,20 @@ weights.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+
+from ..adapters import ADAPTER_SUFFIX, load_adapter, read_adapter
 
 from ..checkpoint import Checkpoint, load_checkpoint, load_state, load_weights
-from ..errors import TtaError
+from ..errors import TtaError, UsageError
 from ..recipe import Recipe
 from ..runs import RunDir, has_params, stages_training, weights_file
+
+log = logging.getLogger("tta.sampling")
 
 
 class MissingWeightsError(TtaError):
@@ -39,11 +44,11 @@ class LoadedWeights:
     path: Path | None  # the .safetensors file, None for pretrained / parameter-free
     ema: bool = False
     source: str = "checkpoint"  # checkpoint | pretrained | none (no parameters)
+    adapters: tuple[str, ...] = ()  # adapter files applied on top, as "PATH" or "PATH:SCALE"
 
     def describe(self) -> str:
-        if self.path is None:
-            return self.source
-        return str(self.path)
+        base = self.source if self.path is None else str(self.path)
+        return base + "".join(f" + adapter {a}" for a in self.adapters)
 
 
 def _chosen_file(chosen: Checkpoint | None, name: str, ema: bool) -> tuple[Path | None, bool]:
@@ -77,6 +82,7 @@ def load_weights_for(components: Mapping[str, Any], recipe: Recipe, run_dir: Pat
             continue
         path, use_ema = _chosen_file(chosen, name, ema)
         stages = stages_training(recipe, name)
+        found = None
         if path is None:
             found = run.find_weights(name, stages, prefer_ema=ema)
             if found is not None:
@@ -85,9 +91,12 @@ def load_weights_for(components: Mapping[str, Any], recipe: Recipe, run_dir: Pat
             path = run.given_weights(name)
         if path is not None:
             load_state(component, load_weights(path), str(path))
-            loaded[name] = LoadedWeights(name, path, use_ema)
+            base_stage = found.stage if found is not None and path == found.path else None
+            applied = _run_adapters(component, name, recipe, run, chosen, base_stage, ema)
+            loaded[name] = LoadedWeights(name, path, use_ema, adapters=applied)
         elif recipe.components[name].get("pretrained") not in (None, False):
-            loaded[name] = LoadedWeights(name, None, source="pretrained")
+            applied = _run_adapters(component, name, recipe, run, chosen, None, ema)
+            loaded[name] = LoadedWeights(name, None, source="pretrained", adapters=applied)
         else:
             missing.append(_missing(name, stages, run, recipe))
     if missing:
@@ -95,3 +104,109 @@ def load_weights_for(components: Mapping[str, Any], recipe: Recipe, run_dir: Pat
         raise MissingWeightsError("refusing to sample from untrained weights" + where + ":\n  "
                                   + "\n  ".join(missing))
     return loaded
+
+
+def adapter_stages(recipe: Recipe, name: str) -> list[str]:
+    """The stages of the recipe that train an adapter on component ``name``, in order."""
+    out = []
+    for stage in recipe.get("train") or []:
+        adapters = stage.get("adapters") if isinstance(stage, Mapping) else None
+        if isinstance(adapters, Mapping) and name in (adapters.get("components") or stage.get("trains") or ()):
+            out.append(stage.get("name"))
+    return out
+
+
+def _adapter_file(folder: Path, name: str, ema: bool) -> Path | None:
+    for use_ema in ((True, False) if ema else (False,)):
+        path = folder / weights_file(f"{name}.{ADAPTER_SUFFIX}", use_ema)
+        if path.is_file():
+            return path
+    return None
+
+
+def _run_adapters(component: Any, name: str, recipe: Recipe, run: RunDir, chosen: Checkpoint | None,
+                  base_stage: str | None, ema: bool) -> tuple[str, ...]:
+    """Put on ``component`` the adapters the run trained on it after its base weights'
+    stage; their files."""
+    stages = adapter_stages(recipe, name)
+    if base_stage is not None:
+        order = [s.get("name") for s in recipe.get("train") or [] if isinstance(s, Mapping)]
+        stages = [s for s in stages if s in order and order.index(s) > order.index(base_stage)]
+    applied = []
+    for stage in stages:
+        ckpt = chosen if chosen is not None and chosen.state.get("stage") == stage else run.latest(stage)
+        path = _adapter_file(ckpt.path, name, ema) if ckpt is not None else None
+        if path is None:
+            log.info("%s: stage '%s' has no adapter checkpoint yet; sampling without it", name, stage)
+            continue
+        load_adapter(component, path, name="".join(c if c.isalnum() else "_" for c in stage))
+        applied.append(str(path))
+    return tuple(applied)
+
+
+def parse_adapter_spec(spec: Any) -> tuple[Path, float]:
+    """``PATH`` or ``PATH:SCALE`` (or a (path, scale) pair) as (path, scale)."""
+    if isinstance(spec, (tuple, list)):
+        path, scale = spec
+        return Path(path), float(scale)
+    text = str(spec)
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            return Path(head), float(tail)
+        except ValueError:
+            pass
+    return Path(text), 1.0
+
+
+def adapter_files(path: Path, ema: bool = True) -> list[Path]:
+    """The adapter files ``path`` names: itself when a file; in a checkpoint folder every
+    ``*.adapter.safetensors`` (the EMA copy where there is one); in a stage folder those of
+    its latest checkpoint."""
+    from ..checkpoint import latest_checkpoint
+
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UsageError(f"--adapter {path}: no such file or folder")
+    ckpt = path if (path / "state.json").is_file() else None
+    if ckpt is None:
+        latest = latest_checkpoint(path / "checkpoints")
+        ckpt = latest.path if latest is not None else None
+    files = []
+    if ckpt is not None:
+        for raw in sorted(ckpt.glob(f"*.{ADAPTER_SUFFIX}.safetensors")):
+            component = raw.name[: -len(f".{ADAPTER_SUFFIX}.safetensors")]
+            files.append(_adapter_file(ckpt, component, ema))
+    if not files:
+        raise UsageError(f"--adapter {path}: no adapter files there (an adapter .safetensors file, a checkpoint "
+                         f"folder or a stage folder of a stage with adapters:)")
+    return files
+
+
+def add_adapters(components: Mapping[str, Any], kinds: Mapping[str, str], specs: Sequence[Any],
+                 ema: bool = True) -> dict[str, list[str]]:
+    """Put the adapters of ``specs`` (see :func:`parse_adapter_spec`, :func:`adapter_files`)
+    on ``components`` (name -> built component; ``kinds``: name -> kind): each on the component
+    its file names, else on the only component of the file's kind. Returns name -> the files
+    applied (as PATH:SCALE)."""
+    applied: dict[str, list[str]] = {}
+    for spec in specs:
+        path, scale = parse_adapter_spec(spec)
+        for file in adapter_files(path, ema):
+            found = read_adapter(file)
+            name = found.component if found.component in components else None
+            if name is None:
+                same = [n for n, k in kinds.items() if found.kind and k == found.kind]
+                if len(same) != 1:
+                    raise UsageError(f"--adapter {file}: it was trained on '{found.component or '?'}' "
+                                     f"({found.kind or 'kind unknown'}), and this recipe has "
+                                     + (f"several components of that kind ({', '.join(same)})" if same
+                                        else "no such component"))
+                name = same[0]
+            try:
+                load_adapter(components[name], file, scale=scale)
+            except UsageError as exc:
+                raise UsageError(f"--adapter {file} on '{name}': {exc}") from None
+            applied.setdefault(name, []).append(f"{file}:{scale:g}")
+    return applied

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..adapters import ADAPTER_SUFFIX, adapter_metadata, adapter_state, add_adapter, load_adapter_state
 from ..checkpoint import (Checkpoint, CheckpointContents, CheckpointDamaged, atomic_write, checkpoint_dirs,
                           clean_temporaries, fsync_dir, latest_checkpoint, load_checkpoint, load_state, load_weights,
                           resume_candidates, save_checkpoint)
@@ -204,7 +205,8 @@ class Trainer:
         for name, module in components.items():
             if not has_params(module):
                 continue
-            found = self.run.find_weights(name, earlier, prefer_ema=name not in self.stage.trains)
+            base = name not in self.stage.trains or name in self.stage.adapted  # an adapter's base: the EMA
+            found = self.run.find_weights(name, earlier, prefer_ema=base)
             if found is not None:
                 load_state(module, found.load(), str(found.path), strict=True)
                 log.info("%s: weights from stage '%s' (%s)", name, found.stage, "EMA" if found.ema else "raw")
@@ -212,11 +214,14 @@ class Trainer:
                 path = self.run.given_weights(name)
                 load_state(module, load_weights(path), str(path), strict=True)
                 log.info("%s: weights from %s", name, path)
-            elif name in self.stage.frozen and "pretrained" not in self.recipe.components[name]:
+            elif (name in self.stage.frozen or (name in self.stage.adapted and not self.init_from)) \
+                    and "pretrained" not in self.recipe.components[name]:
                 stages = [s for s in earlier if s in stages_training(self.recipe, name)]
                 hint = (f"train it first: tta-run {self.recipe.path} train --stage {stages[-1]}"
                         if stages else "no earlier stage trains it; give it pretrained weights")
-                raise UsageError(f"stage '{self.stage.name}' keeps '{name}' frozen, but no trained weights "
+                how = "trains adapters on" if name in self.stage.adapted else "keeps"
+                raise UsageError(f"stage '{self.stage.name}' {how} '{name}'" + (" frozen" if how == "keeps" else "")
+                                 + ", but no trained weights "
                                  f"for it were found in {self.run.root}: {hint}")
 
     def _adopt(self, components: dict[str, Any]) -> None:
@@ -225,7 +230,8 @@ class Trainer:
         run's ``weights/``, so the run trains, resumes and samples on its own."""
         everything = self.stage_order
         for name, module in components.items():
-            if name in self.stage.trains or not has_params(module) or "pretrained" in self.recipe.components[name]:
+            if (name in self.stage.trains and name not in self.stage.adapted) or not has_params(module) \
+                    or "pretrained" in self.recipe.components[name]:
                 continue
             if self.run.find_weights(name, everything) is not None or self.run.given_weights(name) is not None:
                 continue
@@ -238,11 +244,11 @@ class Trainer:
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.tmp-{os.getpid()}")
             try:  # copied under another name and renamed: a stopped copy never looks like weights
-                shutil.copyfile(source, partial)
+                _link_or_copy(source, partial)
                 os.replace(partial, target)
             finally:
                 partial.unlink(missing_ok=True)
-            log.info("%s: weights copied from %s into %s", name, source, target)
+            log.info("%s: weights from %s linked (or copied) into %s", name, source, target)
 
     def _init_sources(self) -> dict[str, Path]:
         """Where --init-from has the weights of each trained component (checked before the
@@ -330,6 +336,8 @@ class Trainer:
         acc.wait_for_everyone()
         self._load_from_earlier(components)
         for name, source in init.items():
+            if name in stage.adapted:  # its base is what sampling loads too: linked into weights/ above
+                continue
             load_state(components[name], load_weights(source), str(source), strict=not self.allow_partial)
 
         device = acc.device
@@ -339,6 +347,11 @@ class Trainer:
                 trains = name in stage.trains
                 module.train(trains)
                 module.requires_grad_(trains)
+
+        for name in stage.adapted:
+            if not has_params(components[name]):
+                raise UsageError(f"train.{stage.name}.adapters: '{name}' has no weights to put an adapter on")
+            add_adapter(components[name], stage.adapters)
 
         objective = build(stage.objective, "objective", self.registry)
         extra = dict(objective.modules()) if hasattr(objective, "modules") else {}
@@ -655,9 +668,16 @@ class Trainer:
         final = self.run.checkpoints(self.stage.name)
         path = None
         if acc.is_main_process:
-            weights = {name: module.state_dict() for name, module in job.trained.items()}
+            weights, metadata = {}, {}
+            for name, module in job.trained.items():
+                weights[_weight_set(name, self.stage)] = _trained_state(module, name, self.stage)
             for name, ema in job.emas.items():
-                weights[f"{name}.ema"] = ema.ema_model.state_dict()
+                weights[_weight_set(name, self.stage, ema=True)] = _trained_state(ema.ema_model, name, self.stage)
+            for name in self.stage.adapted:
+                kind = component_kind(self.recipe, name, self.registry)
+                for ema in (False, True):
+                    metadata[_weight_set(name, self.stage, ema)] = adapter_metadata(job.trained[name], component=name,
+                                                                                    kind=kind)
             tensors = {
                 "optimizers": {n: o.state_dict() for n, o in job.optimizers.items()},
                 "schedulers": {n: s.state_dict() for n, s in job.schedulers.items()},
@@ -669,7 +689,8 @@ class Trainer:
                      "world_size": acc.num_processes}
             root = self._ckpt_root
             try:
-                path = save_checkpoint(root, step, weights=weights, state=state, tensors=tensors)
+                path = save_checkpoint(root, step, weights=weights, state=state, tensors=tensors,
+                                       file_metadata=metadata)
             except OSError as exc:
                 raise CheckpointError(
                     f"could not write the checkpoint of step {step} to {root}: {exc.strerror or exc}. "
@@ -720,15 +741,19 @@ class Trainer:
 
     def _restore_weights(self, ckpt: Checkpoint, contents: CheckpointContents, trained) -> None:
         for name, module in trained.items():
-            if name not in contents.weights:
-                raise CheckpointError(f"checkpoint {ckpt.path} has no weights for '{name}'; start over with --fresh")
-            load_state(module, contents.weights[name], str(ckpt.path), strict=True)
+            key = _weight_set(name, self.stage)
+            if key not in contents.weights:
+                what = "an adapter" if name in self.stage.adapted else "weights"
+                raise CheckpointError(f"checkpoint {ckpt.path} has no {what} for '{name}' ({key}.safetensors): "
+                                      "did the stage's adapters: change? Start over with --fresh")
+            _load_trained(module, contents.weights[key], name, self.stage, str(ckpt.path))
 
     def _restore_state(self, ckpt: Checkpoint, contents: CheckpointContents, emas, optimizers,
                        schedulers) -> tuple[int, int]:
         for name, ema in emas.items():
-            if f"{name}.ema" in contents.weights:
-                load_state(ema.ema_model, contents.weights[f"{name}.ema"], str(ckpt.path), strict=True)
+            key = _weight_set(name, self.stage, ema=True)
+            if key in contents.weights:
+                _load_trained(ema.ema_model, contents.weights[key], name, self.stage, str(ckpt.path))
         tensors = contents.tensors
         for name, opt in optimizers.items():
             if name in tensors.get("optimizers", {}):
@@ -747,6 +772,37 @@ class Trainer:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def _weight_set(name: str, stage: StageConfig, ema: bool = False) -> str:
+    """The checkpoint's weight-set name for a trained component: ``unet``, ``unet.ema``, or
+    with adapters ``unet.adapter`` and ``unet.adapter.ema``."""
+    base = f"{name}.{ADAPTER_SUFFIX}" if name in stage.adapted else name
+    return f"{base}.ema" if ema else base
+
+
+def _trained_state(module, name: str, stage: StageConfig) -> dict:
+    return adapter_state(module) if name in stage.adapted else module.state_dict()
+
+
+def _load_trained(module, state: dict, name: str, stage: StageConfig, source: str) -> None:
+    if name in stage.adapted:
+        try:
+            load_adapter_state(module, state)
+        except UsageError as exc:
+            raise CheckpointError(f"{source}: {exc}; did the stage's adapters: change? Start over with --fresh") \
+                from None
+    else:
+        load_state(module, state, source, strict=True)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link where the file system allows it (weights files are replaced, never written
+    in place, so the two names never diverge), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _init_source(path: Path, name: str) -> Path | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Mapping
 
+from ..adapters import AdapterConfig, parse_adapter
 from ..errors import UsageError
 from ..precision import Precision
 from ..recipe import Component, Fraction, Positive, Range, Ref
@@ -74,6 +75,9 @@ class StageConfig:
     optimizers: Mapping[str, OptimizerConfig] = field(default_factory=dict)  # per optimizer, by the objective's names
     lr_schedule: ScheduleConfig = ScheduleConfig()
     ema: EMAConfig | None = None
+    # LoRA/DoRA on the trained components (or adapters.components): only the adapters train,
+    # checkpoints hold only them (<component>.adapter.safetensors)
+    adapters: AdapterConfig | None = None
     checkpoint_every: _AtLeast1 = 500
     validate_every: _AtLeast0 = 0  # 0: no validation
     keep_last: _AtLeast1 = 2
@@ -89,6 +93,13 @@ class StageConfig:
 
     def optimizer_for(self, name: str) -> OptimizerConfig:
         return self.optimizers.get(name, self.optimizer)
+
+    @property
+    def adapted(self) -> tuple[str, ...]:
+        """The components that train an adapter in this stage (none without ``adapters:``)."""
+        if self.adapters is None:
+            return ()
+        return self.adapters.components or self.trains
 
 
 def _sub(cls, value: Any, where: str):
@@ -122,6 +133,12 @@ def parse_stage(raw: Mapping[str, Any]) -> StageConfig:
         kwargs["lr_schedule"] = _sub(ScheduleConfig, kwargs["lr_schedule"], f"train.{name}.lr_schedule")
     if kwargs.get("ema") is not None:  # ema: null (e.g. from --set) means no EMA
         kwargs["ema"] = _sub(EMAConfig, kwargs["ema"], f"train.{name}.ema")
+    if "adapters" in kwargs:
+        kwargs["adapters"] = parse_adapter(to_plain(kwargs["adapters"]), f"train.{name}.adapters")
+        stray = [c for c in (kwargs["adapters"].components if kwargs["adapters"] else ()) if c not in kwargs.get("trains", ())]
+        if stray:
+            raise UsageError(f"train.{name}.adapters.components: {', '.join(stray)} not in the stage's trains: "
+                             f"list them in trains: too (they train their adapters only)")
     if kwargs.get("duration") is not None:  # checked against the audio settings by AudioConfig.with_duration
         kwargs["duration"] = float(kwargs["duration"])
     for key in ("trains", "frozen", "milestones"):

@@ -33,9 +33,9 @@ def lora(tiny_run, tmp_path_factory):
     base's set args)."""
     _, base = tiny_run
     root = tmp_path_factory.mktemp("lora")
-    sets = [*_component_sets(tiny_run), f"train.lora.init_from={base / 'run'}", "train.lora.max_steps=4",
-            "train.lora.batch_size=2", "train.lora.checkpoint_every=2", "train.lora.precision=fp32",
-            "train.lora.optimizer.lr=0.05", "train.lora.adapters.rank=2"]
+    sets = [*_component_sets(tiny_run), *[f"train.{stage}.{key}" for stage in ("vae_lora", "lora") for key in (
+        f"init_from={base / 'run'}", "max_steps=4", "batch_size=2", "checkpoint_every=2", "precision=fp32",
+        "optimizer.lr=0.05", "adapters.rank=2")]]
     args = [x for s in sets for x in ("--set", s)] + ["--no-progress"]
     assert main([LORA, "train", *args, "--run-dir", str(root / "run")]) == 0
     plain = [x for s in _component_sets(tiny_run) for x in ("--set", s)] + ["--no-progress"]
@@ -55,7 +55,9 @@ def test_the_stage_trains_and_keeps_only_the_adapter(lora):
     ckpt = latest_checkpoint(run / "lora" / "checkpoints")
     assert ckpt.step == 4
     files = sorted(p.name for p in ckpt.path.glob("*.safetensors"))
-    assert files == [f"unet.{ADAPTER_SUFFIX}.ema.safetensors", f"unet.{ADAPTER_SUFFIX}.safetensors"]
+    assert files == [f"{c}.{ADAPTER_SUFFIX}{e}.safetensors" for c in ("text", "unet") for e in (".ema", "")]
+    vae = read_adapter(latest_checkpoint(run / "vae_lora" / "checkpoints").path / f"vae.{ADAPTER_SUFFIX}.safetensors")
+    assert vae.component == "vae" and all(".decoder." in m for m in vae.config.modules)
     found = read_adapter(ckpt.path / f"unet.{ADAPTER_SUFFIX}.safetensors")
     assert found.component == "unet" and found.kind == "denoiser" and found.config.rank == 2
     assert found.config.modules and all("lora_" in k for k in found.state)
@@ -68,7 +70,9 @@ def test_the_stage_trains_and_keeps_only_the_adapter(lora):
     assert adapter_bytes < 0.2 * given.stat().st_size
     # the optimizer stepped the adapter's parameters only
     state = ckpt.tensors()["optimizers"]["main"]["state"]
-    assert sum(s["exp_avg"].numel() for s in state.values()) == sum(v.numel() for v in found.state.values())
+    text = read_adapter(ckpt.path / f"text.{ADAPTER_SUFFIX}.safetensors")
+    assert sum(s["exp_avg"].numel() for s in state.values()) == \
+        sum(v.numel() for f in (found, text) for v in f.state.values())
 
 
 def test_an_adapter_stage_resumes_exactly(lora, tiny_run, tmp_path):
@@ -79,7 +83,7 @@ def test_an_adapter_stage_resumes_exactly(lora, tiny_run, tmp_path):
     a = latest_checkpoint(run / "lora" / "checkpoints")
     b = latest_checkpoint(split / "lora" / "checkpoints")
     assert a.step == b.step == 4
-    for name in (f"unet.{ADAPTER_SUFFIX}", f"unet.{ADAPTER_SUFFIX}.ema"):
+    for name in (f"unet.{ADAPTER_SUFFIX}", f"unet.{ADAPTER_SUFFIX}.ema", f"text.{ADAPTER_SUFFIX}"):
         wa, wb = a.weights(name), b.weights(name)
         assert all(torch.equal(wa[k], wb[k]) for k in wa), name
     last = [json.loads((r / "lora" / "logs" / "metrics.jsonl").read_text().splitlines()[-1]) for r in (run, split)]
@@ -94,13 +98,17 @@ def test_sampling_applies_the_runs_adapter_and_the_same_file_on_another_run(lora
     assert (tuned - plain).abs().max() > 1e-4  # the adapter changes the audio
     ckpt = latest_checkpoint(run / "lora" / "checkpoints").path
     file = ckpt / f"unet.{ADAPTER_SUFFIX}.ema.safetensors"
-    # the file alone, on the base run of the other recipe: the same audio as the fine-tuned run
-    other, row = _sample(QUICK, plain_args, base, tmp_path / "other", "--adapter", str(file))
+    # the adapter files alone, on the base run of the other recipe: the same audio as the
+    # fine-tuned run (a stage or checkpoint folder names its adapters, the EMA copy first)
+    vae_file = latest_checkpoint(run / "vae_lora" / "checkpoints").path / f"vae.{ADAPTER_SUFFIX}.safetensors"
+    other, row = _sample(QUICK, plain_args, base, tmp_path / "other", "--adapter", str(run / "lora"),
+                         "--adapter", str(vae_file))
     torch.testing.assert_close(other, tuned, atol=1e-5, rtol=0)
-    assert "+ adapter" in row["weights"]["unet"]
-    # a checkpoint folder names its adapters (the EMA copy first); scale 0 is the base run
-    folder, _ = _sample(QUICK, plain_args, base, tmp_path / "folder", "--adapter", str(ckpt))
+    assert all("+ adapter" in row["weights"][c] for c in ("unet", "text", "vae"))
+    folder, _ = _sample(QUICK, plain_args, base, tmp_path / "folder", "--adapter", str(ckpt), "--adapter",
+                        str(run / "vae_lora"))
     torch.testing.assert_close(folder, tuned, atol=1e-5, rtol=0)
+    # scale 0 is the base run
     off, _ = _sample(QUICK, plain_args, base, tmp_path / "off", "--adapter", f"{file}:0")
     torch.testing.assert_close(off, plain, atol=1e-5, rtol=0)
     half, _ = _sample(QUICK, plain_args, base, tmp_path / "half", "--adapter", f"{file}:0.5")
@@ -160,11 +168,11 @@ def test_adapter_errors_are_clear_and_change_nothing(lora, tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err and not out.exists()
     # an adapter stage over a component with no weights anywhere names what to do
     lonely = tmp_path / "lonely"
-    assert main([LORA, "train", *args, "--set", "train.lora.init_from=null", "--set", "train.lora.frozen=[]",
+    assert main([LORA, "train", *args, "--set", "train.vae_lora.init_from=null", "--set", "train.lora.init_from=null",
                  "--run-dir", str(lonely)]) == 2
     err = capsys.readouterr().err
     assert "trains adapters on" in err and "no trained weights" in err
-    assert not (lonely / "lora" / "checkpoints").exists()
+    assert not list(lonely.glob("*/checkpoints/step-*"))
 
 
 def test_adapter_settings_are_validated(tiny_run, tmp_path, capsys):

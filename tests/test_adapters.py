@@ -160,7 +160,7 @@ def test_targets_that_match_nothing_and_networks_without_defaults_are_refused_wi
     wide = unet2d()
     A.add_adapter(wide, A.AdapterConfig(rank=4, alpha=4), name="rank2")
     with pytest.raises(UsageError, match="does not fit this network"):
-        A.load_adapter_state(wide, A.read_adapter(path)[1], "rank2")
+        A.load_adapter_state(wide, A.read_adapter(path).state, "rank2")
     with pytest.raises(UsageError, match="does not fit this network"):
         A.load_adapter(unet1d(), path)
     not_adapter = tmp_path / "weights.safetensors"

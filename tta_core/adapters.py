@@ -88,9 +88,15 @@ def target_modules(network: Any, patterns: tuple[str, ...] | list[str] = ()) -> 
     ``adapter_targets``) select; UsageError when none has defaults, or nothing matches."""
     import torch
 
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     patterns = tuple(patterns) or tuple(getattr(network, "adapter_targets", ()))
-    layers = {name: type(m).__name__ for name, m in network.named_modules()
-              if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)) and name}
+    layers = {}
+    for name, m in network.named_modules():  # a layer with adapters already counts as its base layer
+        base = m.get_base_layer() if isinstance(m, BaseTunerLayer) else m
+        if name and isinstance(base, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)) and \
+                not any(p == "base_layer" or p.startswith("lora_") for p in name.split(".")):
+            layers[name] = type(base).__name__
     if not patterns:
         raise UsageError(f"{type(network).__name__} declares no default adapter targets (adapter_targets): name "
                          f"them with targets:, glob patterns over its layers, e.g. {_examples(layers)}")
@@ -131,14 +137,22 @@ def add_adapter(network: Any, cfg: AdapterConfig, name: str = DEFAULT_NAME, trai
     with warnings.catch_warnings():  # a second adapter on one network is what load_adapter is for
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
         inject_adapter_in_model(_peft_config(cfg, modules), network, adapter_name=name)
-    for param_name, param in network.named_parameters():
-        param.requires_grad_(trainable and _is_adapter(param_name))
     network.__dict__.setdefault("_tta_adapters", {})[name] = replace(cfg, modules=tuple(modules))
+    activate(network, list(adapters_of(network)))  # every adapter on it counts, this one too
+    for param_name, param in network.named_parameters():
+        if trainable:  # this adapter's parameters alone train (not the network's, not other adapters')
+            param.requires_grad_(_is_adapter(param_name, name))
+        elif _is_adapter(param_name, name):
+            param.requires_grad_(False)
     return modules
 
 
-def _is_adapter(param_name: str) -> bool:
-    return any(part.startswith("lora_") for part in param_name.split("."))  # lora_A, lora_B, lora_magnitude_vector
+def _is_adapter(param_name: str, name: str | None = None) -> bool:
+    """Whether a parameter belongs to an adapter (to adapter ``name`` when given): peft names
+    them ``...lora_A.<adapter>.weight``, ``lora_B``, ``lora_magnitude_vector``."""
+    parts = param_name.split(".")
+    return any(p.startswith("lora_") and (name is None or (i + 1 < len(parts) and parts[i + 1] == name))
+               for i, p in enumerate(parts))
 
 
 def adapters_of(network: Any) -> dict[str, AdapterConfig]:

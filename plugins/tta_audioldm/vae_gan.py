@@ -72,6 +72,8 @@ class VAEGAN:
             raise ValueError("vae_gan trains the autoencoder: list it in the stage's trains")
         self.vae = ctx.components[self.vae_name]
         self.bare = ctx.unwrap(self.vae_name)
+        # with adapters the encoder, and so the latents' spread, is the base's: its scale stays
+        self.track_scale = self.vae_name not in getattr(ctx.stage, "adapted", ())
         self.disc = ctx.components["discriminator"]
         self.logvar_mod = ctx.components["vae_logvar"]
 
@@ -86,7 +88,8 @@ class VAEGAN:
         return collate(items)
 
     def parameter_groups(self, ctx) -> dict[str, list]:
-        return {"generator": list(self.bare.parameters()) + list(self.logvar.parameters()),
+        # with adapters on the autoencoder only they require grad (tta_core.adapters)
+        return {"generator": [p for p in self.bare.parameters() if p.requires_grad] + list(self.logvar.parameters()),
                 "discriminator": list(self.discriminator.parameters())}
 
     def _adaptive_weight(self, nll: torch.Tensor, g_loss: torch.Tensor) -> torch.Tensor:
@@ -107,7 +110,8 @@ class VAEGAN:
         kl = posterior.kl().sum() / b
         loss = nll + self.kl_weight * kl
         out = {"log/rec_l1": rec.mean().detach(), "log/kl": kl.detach(), "log/logvar": logvar.detach()}
-        self._track_scale(posterior)
+        if getattr(self, "track_scale", True):
+            self._track_scale(posterior)
         adversarial = step >= self.disc_start and self.disc_factor > 0
         if adversarial:
             g_loss = -self.disc(recon).mean()

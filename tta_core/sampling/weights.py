@@ -92,10 +92,10 @@ def load_weights_for(components: Mapping[str, Any], recipe: Recipe, run_dir: Pat
         if path is not None:
             load_state(component, load_weights(path), str(path))
             base_stage = found.stage if found is not None and path == found.path else None
-            applied = _run_adapters(component, name, recipe, run, chosen, base_stage, ema)
+            applied = apply_run_adapters(component, name, recipe, run, chosen, base_stage, ema)
             loaded[name] = LoadedWeights(name, path, use_ema, adapters=applied)
         elif recipe.components[name].get("pretrained") not in (None, False):
-            applied = _run_adapters(component, name, recipe, run, chosen, None, ema)
+            applied = apply_run_adapters(component, name, recipe, run, chosen, None, ema)
             loaded[name] = LoadedWeights(name, None, source="pretrained", adapters=applied)
         else:
             missing.append(_missing(name, stages, run, recipe))
@@ -124,11 +124,11 @@ def _adapter_file(folder: Path, name: str, ema: bool) -> Path | None:
     return None
 
 
-def _run_adapters(component: Any, name: str, recipe: Recipe, run: RunDir, chosen: Checkpoint | None,
-                  base_stage: str | None, ema: bool) -> tuple[str, ...]:
+def apply_run_adapters(component: Any, name: str, recipe: Recipe, run: RunDir, chosen: Checkpoint | None,
+                       base_stage: str | None, ema: bool, within: Sequence[str] | None = None) -> tuple[str, ...]:
     """Put on ``component`` the adapters the run trained on it after its base weights'
-    stage; their files."""
-    stages = adapter_stages(recipe, name)
+    stage (only those of the stages ``within`` when given); their files."""
+    stages = [s for s in adapter_stages(recipe, name) if within is None or s in within]
     if base_stage is not None:
         order = [s.get("name") for s in recipe.get("train") or [] if isinstance(s, Mapping)]
         stages = [s for s in stages if s in order and order.index(s) > order.index(base_stage)]

@@ -37,6 +37,10 @@ CAPTIONS.update({
               "a siren going high and low", "the hi-lo wail of a two-tone siren"),
     "drips": ("water dripping", "drops of water falling into a puddle", "a slow drip of water",
               "water drips plinking one by one"),
+    "wail": ("a wailing siren", "a siren sweeping up and down", "the rising and falling wail of a siren",
+             "an ambulance siren wailing"),
+    "bounce": ("a bouncing ball", "a ball bouncing to a stop", "a ping pong ball bouncing",
+               "quickening bounces of a ball"),
 })
 EXTRA_LABELS = tuple(k for k in CAPTIONS if k not in LABELS)
 ALL_LABELS = LABELS + EXTRA_LABELS
@@ -154,6 +158,39 @@ def drips(rng, n, sr):
         env = np.exp(-t / (m / sr / 4)) * fades(m, sr, 0.002, 0.0)  # a soft onset: a blip, not a click
         wave[start:start + m] += oscillator(glide, m, sr) * env * rng.uniform(0.5, 1.0)
     return wave, {"drops": count}
+
+
+def wail(rng, n, sr):
+    """A wailing siren: one tone (with two harmonics) sweeping smoothly up and down between
+    about 600 Hz and 1.6 kHz, 0.8-1.6 s a cycle: a slow pitch wave, never silent."""
+    lo, hi = rng.uniform(500, 750), rng.uniform(1300, 1700)
+    period = rng.uniform(0.8, 1.6)
+    t = np.arange(n) / sr
+    freq = lo + (hi - lo) * 0.5 * (1 - np.cos(2 * np.pi * t / period + rng.uniform(0, 2 * np.pi)))
+    wave = sum(oscillator(k * freq, n, sr) / k ** 1.5 for k in (1, 2, 3))
+    return wave * fades(n, sr, 0.03, 0.03), {"low_hz": lo, "high_hz": hi, "period_s": period}
+
+
+def bounce(rng, n, sr):
+    """A ball bouncing to a stop: low knocks (a 150-400 Hz damped tone with a click), each
+    softer and sooner than the last (intervals shrinking by 0.6-0.8 each bounce)."""
+    wave = np.zeros(n)
+    gap, start, amp = rng.uniform(0.3, 0.5), rng.uniform(0.0, 0.15), 1.0
+    shrink, f0 = rng.uniform(0.6, 0.8), rng.uniform(150, 400)
+    m = int(0.05 * sr)
+    t = np.arange(m) / sr
+    knock = (np.sin(2 * np.pi * f0 * t) + 0.3 * rng.standard_normal(m) * np.exp(-t / 0.002)) * np.exp(-t / 0.012)
+    bounces = 0
+    while gap > 0.02:
+        i = int(start * sr)
+        if i + m > n:
+            break
+        wave[i:i + m] += amp * knock
+        bounces += 1
+        start += gap
+        gap *= shrink
+        amp *= 0.85
+    return wave, {"pitch_hz": f0, "bounces": bounces}
 
 
 GENERATORS = {name: globals()[name] for name in ALL_LABELS}

@@ -210,10 +210,12 @@ class Trainer:
             if found is not None:
                 load_state(module, found.load(), str(found.path), strict=True)
                 log.info("%s: weights from stage '%s' (%s)", name, found.stage, "EMA" if found.ema else "raw")
+                self._earlier_adapters(module, name, found.stage, earlier)
             elif self.run.given_weights(name) is not None:
                 path = self.run.given_weights(name)
                 load_state(module, load_weights(path), str(path), strict=True)
                 log.info("%s: weights from %s", name, path)
+                self._earlier_adapters(module, name, None, earlier)
             elif (name in self.stage.frozen or (name in self.stage.adapted and not self.init_from)) \
                     and "pretrained" not in self.recipe.components[name]:
                 stages = [s for s in earlier if s in stages_training(self.recipe, name)]
@@ -223,6 +225,14 @@ class Trainer:
                 raise UsageError(f"stage '{self.stage.name}' {how} '{name}'" + (" frozen" if how == "keeps" else "")
                                  + ", but no trained weights "
                                  f"for it were found in {self.run.root}: {hint}")
+
+    def _earlier_adapters(self, module: Any, name: str, base_stage: str | None, earlier: list[str]) -> None:
+        """The adapters earlier stages trained on ``module`` over these base weights, as
+        sampling applies them (frozen here)."""
+        from ..sampling.weights import apply_run_adapters
+
+        for path in apply_run_adapters(module, name, self.recipe, self.run, None, base_stage, True, within=earlier):
+            log.info("%s: adapter from %s", name, path)
 
     def _adopt(self, components: dict[str, Any]) -> None:
         """With --init-from: the weights of the parts this stage does not train and this run has

@@ -10,7 +10,10 @@
         logs/                      metrics.jsonl and TensorBoard events
         samples/                   validation clips and spectrograms
       weights/<component>.safetensors   weights of components no stage trains (an imported
-                                   text encoder or vocoder, say), used when no stage has any
+                                   text encoder or vocoder, say), used when no stage has any;
+                                   also the base under a stage's adapters (linked from --init-from)
+      <stage>/checkpoints/step-<N>/<component>.adapter[.ema].safetensors   a stage with adapters:
+                                   the adapters alone (tta_core.adapters)
 
 Weights of a component are found in the latest checkpoint of the last stage (in recipe
 order) that trains it; the EMA copy is preferred when the stage kept one.

@@ -33,7 +33,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .errors import UsageError
 
@@ -94,6 +94,29 @@ def merge_all_adapters(pipeline: Any) -> list[str]:
     return merged
 
 
+def write_folder(out: str | os.PathLike, write: Callable[[Path], Any]) -> Any:
+    """``write(work)`` into a new folder beside ``out`` (a folder not there yet, or an empty
+    one), renamed to ``out`` once it returns: a failure leaves nothing behind. Returns what
+    ``write`` returns."""
+    out = check_out(out)
+    parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=parent))  # beside out: renamed, not copied
+    umask = os.umask(0)
+    os.umask(umask)
+    work.chmod(0o777 & ~umask)  # mkdtemp's folder is private; this is an ordinary folder
+    try:
+        result = write(work)
+        check_out(out)  # nothing appeared there meanwhile
+        if out.is_dir():
+            out.rmdir()
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return result
+
+
 def export_pipeline(exporter: Any, pipeline: Any, out: str | os.PathLike, *, fmt: str,
                     what: str = "the run") -> list[str]:
     """Write ``pipeline`` (a loaded sample graph) in ``exporter``'s format into ``out`` (see
@@ -104,21 +127,7 @@ def export_pipeline(exporter: Any, pipeline: Any, out: str | os.PathLike, *, fmt
     if problems:
         raise refusal(fmt, what, problems)
     merged = merge_all_adapters(pipeline)
-    parent = out.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=parent))  # beside out: renamed, not copied
-    umask = os.umask(0)
-    os.umask(umask)
-    work.chmod(0o777 & ~umask)  # mkdtemp's folder is private; the export is an ordinary folder
-    try:
-        notes = list(exporter(pipeline, work) or [])
-        check_out(out)  # nothing appeared there meanwhile
-        if out.is_dir():
-            out.rmdir()
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    notes = write_folder(out, lambda work: list(exporter(pipeline, work) or []))
     if merged:
         notes.insert(0, f"adapters merged into the weights of {', '.join(merged)}")
     return notes

@@ -22,14 +22,13 @@ steps, guidance, length) is printed as the arguments to call the pipeline with.
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import Any
 
 from tta_core.plugin import UsageError, component_kind, resolve_roles
 
-from .importer import _BETAS, _PREDICTIONS
+from .importer import _BETAS, _PREDICTIONS, _with_defaults
 
 #: vp_discrete's names -> a diffusers scheduler's, the importer's tables turned round
 BETA_SCHEDULES = {ours: theirs for theirs, ours in _BETAS.items()}
@@ -49,9 +48,7 @@ PARTS = {
 def _options(recipe: Any, name: str, registry: Any) -> dict:
     """Component ``name``'s arguments: its recipe node over its factory's defaults."""
     node = json.loads(json.dumps(dict(recipe.components[name])))
-    factory = registry.get(component_kind(recipe, name, registry), node.pop("type")).load()
-    params = inspect.signature(factory).parameters.values()
-    return {**{p.name: p.default for p in params if p.default is not inspect.Parameter.empty}, **node}
+    return _with_defaults(registry.get(component_kind(recipe, name, registry), node.pop("type")).load(), node)
 
 
 def _unet_problems(o: dict) -> list[str]:

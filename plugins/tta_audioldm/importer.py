@@ -121,11 +121,11 @@ def _recipe(*, name: str, origin: str, rate: int, hop: int, n_mels: int, duratio
 
 
 def _with_defaults(cls: Any, cfg: dict) -> dict:
-    """``cfg`` with the defaults of ``cls``'s constructor where it leaves a key out: the values
-    the pipeline's own classes load it with."""
+    """``cfg`` with the defaults of ``cls``'s constructor (or of a factory function) where it
+    leaves a key out: the values the pipeline's own classes load it with."""
     import inspect
 
-    params = inspect.signature(cls.__init__).parameters.values()
+    params = inspect.signature(cls.__init__ if inspect.isclass(cls) else cls).parameters.values()
     return {**{p.name: p.default for p in params if p.default is not inspect.Parameter.empty}, **cfg}
 
 

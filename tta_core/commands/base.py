@@ -135,3 +135,20 @@ def run_dir(args: argparse.Namespace, recipe) -> Path:
     """``--run-dir`` when given, else the recipe's run directory (its ``run_dir:`` or
     ``runs/<name>``): the one rule every verb follows."""
     return Path(args.run_dir) if getattr(args, "run_dir", None) else recipe.run_dir
+
+
+def choose_format(registry, kind: str, name: str | None, usage: str) -> bool:
+    """For ``tta-run import|export FORMAT``: with no FORMAT, print the formats of ``kind``
+    (importer, exporter: each with its docstring's first line) and ``usage``, and return False;
+    an unknown one is a UsageError listing them; a known one returns True."""
+    rows = []
+    for entry in registry.entries(kind):
+        doc = (entry.load().__doc__ or "").strip().splitlines()
+        rows.append(f"  {entry.name:<22} {doc[0] if doc else ''}")
+    formats = "\n".join(rows) or "  (none registered)"
+    if not name:
+        print(f"formats:\n{formats}\n\nusage: {usage}")
+        return False
+    if not registry.has(kind, name):
+        raise UsageError(registry.unknown_message(kind, name) + "\nformats:\n" + formats)
+    return True

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .base import Command, check_writable, load_plugins
+from .base import Command, check_writable, choose_format, load_plugins
 from ..errors import UsageError
 
 
@@ -25,24 +25,13 @@ def _args(p: argparse.ArgumentParser) -> None:
                         "The run's own adapters are merged without it")
 
 
-def _formats(registry) -> str:
-    rows = []
-    for entry in registry.entries("exporter"):
-        doc = (entry.load().__doc__ or "").strip().splitlines()
-        rows.append(f"  {entry.name:<22} {doc[0] if doc else ''}")
-    return "\n".join(rows) or "  (none registered)"
-
-
 def _export(args: argparse.Namespace) -> int:
     from ..exporting import check_out, export_pipeline, refusal, run_recipe
     from ..recipe import check, load_recipe
 
     registry = load_plugins(args).registry
-    if not args.format:
-        print("formats:\n" + _formats(registry) + "\n\nusage: tta-run export FORMAT RUN_DIR --out DIR [--recipe R]")
+    if not choose_format(registry, "exporter", args.format, "tta-run export FORMAT RUN_DIR --out DIR [--recipe R]"):
         return 0
-    if not registry.has("exporter", args.format):
-        raise UsageError(registry.unknown_message("exporter", args.format) + "\nformats:\n" + _formats(registry))
     if not args.run_dir:
         raise UsageError(f"export {args.format}: name the run directory to export")
     run = Path(args.run_dir)

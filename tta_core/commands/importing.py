@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .base import Command, load_plugins
+from .base import Command, choose_format, load_plugins
 from ..errors import UsageError
 
 
@@ -20,24 +20,13 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace RUN_DIR when it is not empty")
 
 
-def _formats(registry) -> str:
-    rows = []
-    for entry in registry.entries("importer"):
-        doc = (entry.load().__doc__ or "").strip().splitlines()
-        rows.append(f"  {entry.name:<22} {doc[0] if doc else ''}")
-    return "\n".join(rows) or "  (none registered)"
-
-
 def _import(args: argparse.Namespace) -> int:
     from ..importing import write_run
 
     registry = load_plugins(args).registry
-    if not args.format:
-        print("formats:\n" + _formats(registry)
-              + "\n\nusage: tta-run import FORMAT SOURCE... --out RUN_DIR [--recipe R] [--set K=V]")
+    if not choose_format(registry, "importer", args.format,
+                         "tta-run import FORMAT SOURCE... --out RUN_DIR [--recipe R] [--set K=V]"):
         return 0
-    if not registry.has("importer", args.format):
-        raise UsageError(registry.unknown_message("importer", args.format) + "\nformats:\n" + _formats(registry))
     if not args.sources:
         raise UsageError(f"import {args.format}: name the files or folders to import")
     if not args.out:

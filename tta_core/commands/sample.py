@@ -335,11 +335,8 @@ def _merge_args(p: argparse.ArgumentParser) -> None:
 def _merge(args: argparse.Namespace) -> int:
     """Fold the run's adapters (and --adapter ones) into the weights and write every
     component's weights as a run folder of its own."""
-    import os
-    import shutil
-
-    from ..checkpoint import fsync_dir, save_weights
-    from ..exporting import check_out, merge_all_adapters
+    from ..checkpoint import save_weights
+    from ..exporting import check_out, merge_all_adapters, write_folder
     from ..runs import has_params, weights_file
     from ..sampling import load_pipeline
 
@@ -352,19 +349,14 @@ def _merge(args: argparse.Namespace) -> int:
     applied = [f"{name}: {file}" for name, loaded in pipe.weights.items() for file in loaded.adapters]
     if not merge_all_adapters(pipe):
         raise UsageError("nothing to merge: the run has no adapters (a stage with adapters:) and no --adapter was given")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        (tmp / "weights").mkdir(parents=True)
+
+    def write(work: Path) -> None:
+        (work / "weights").mkdir()
         for name, module in pipe.components.items():
             if has_params(module):
-                save_weights(tmp / "weights" / weights_file(name), module.state_dict())
-        fsync_dir(tmp / "weights")
-        check_out(out)  # nothing appeared there meanwhile
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                save_weights(work / "weights" / weights_file(name), module.state_dict())
+
+    write_folder(out, write)
     print("merged:\n  " + "\n  ".join(applied))
     print(f"wrote {out / 'weights'}; sample with: tta-run {recipe.path} sample --run-dir {out}")
     return 0

@@ -51,13 +51,18 @@ class LoadedWeights:
         return base + "".join(f" + adapter {a}" for a in self.adapters)
 
 
+def _ema_first(folder: Path, name: str, ema: bool) -> tuple[Path | None, bool]:
+    """(``folder/<name>.ema.safetensors``, True) when ``ema`` and it is there, else
+    (``folder/<name>.safetensors``, False) when that is, else (None, False)."""
+    for use_ema in ((True, False) if ema else (False,)):
+        if (folder / weights_file(name, use_ema)).is_file():
+            return folder / weights_file(name, use_ema), use_ema
+    return None, False
+
+
 def _chosen_file(chosen: Checkpoint | None, name: str, ema: bool) -> tuple[Path | None, bool]:
     """The component's file in the checkpoint folder given as ``ckpt``, EMA first."""
-    if chosen is not None:
-        for use_ema in ((True, False) if ema else (False,)):
-            if (chosen.path / weights_file(name, use_ema)).exists():
-                return chosen.path / weights_file(name, use_ema), use_ema
-    return None, False
+    return _ema_first(chosen.path, name, ema) if chosen is not None else (None, False)
 
 
 def _missing(name: str, stages: list[str], run: RunDir, recipe: Recipe) -> str:
@@ -108,20 +113,14 @@ def load_weights_for(components: Mapping[str, Any], recipe: Recipe, run_dir: Pat
 
 def adapter_stages(recipe: Recipe, name: str) -> list[str]:
     """The stages of the recipe that train an adapter on component ``name``, in order."""
-    out = []
-    for stage in recipe.get("train") or []:
-        adapters = stage.get("adapters") if isinstance(stage, Mapping) else None
-        if isinstance(adapters, Mapping) and name in (adapters.get("components") or stage.get("trains") or ()):
-            out.append(stage.get("name"))
-    return out
+    from ..training.stage import parse_stage
+
+    stages = [parse_stage(s) for s in recipe.get("train") or [] if isinstance(s, Mapping) and s.get("adapters")]
+    return [s.name for s in stages if name in s.adapted]
 
 
 def _adapter_file(folder: Path, name: str, ema: bool) -> Path | None:
-    for use_ema in ((True, False) if ema else (False,)):
-        path = folder / weights_file(f"{name}.{ADAPTER_SUFFIX}", use_ema)
-        if path.is_file():
-            return path
-    return None
+    return _ema_first(folder, f"{name}.{ADAPTER_SUFFIX}", ema)[0]
 
 
 def apply_run_adapters(component: Any, name: str, recipe: Recipe, run: RunDir, chosen: Checkpoint | None,

@@ -426,3 +426,26 @@ def test_latent_cache_crops_on_the_latent_grid_and_a_changed_vae_gets_a_new_cach
     with torch.no_grad():
         vae.vae.encoder.conv_in.weight.add_(0.01)
     assert component_digest(node, vae) != name  # retrained weights: a new cache folder
+
+
+@pytest.mark.parametrize("positions", [64, 1024])
+def test_unet2d_attention_computes_what_diffusers_does_for_training_and_sampling(positions):
+    """unet2d's attention processor picks a kernel by sequence length and by whether
+    gradients are on; every choice computes diffusers' attention."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    from tta_audioldm.unet import _attention_processor
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=32, heads=4, dim_head=8)
+    x = torch.randn(2, positions, 32, requires_grad=True)
+    attn.set_processor(AttnProcessor2_0())
+    ref = attn(x)
+    (ref_grad,) = torch.autograd.grad(ref.square().sum(), x)
+    attn.set_processor(_attention_processor())
+    ours = attn(x)
+    (grad,) = torch.autograd.grad(ours.square().sum(), x)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grad, ref_grad, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x), ref.detach(), atol=1e-5, rtol=1e-4)

@@ -120,3 +120,38 @@ def test_missing_weights_is_a_clear_error(tmp_path):
     save(tmp_path, 1, seed=1)
     with pytest.raises(CheckpointError, match="weights not found"):
         ckpt.latest_checkpoint(tmp_path).weights("vae")
+
+
+def test_a_network_built_empty_takes_the_weights_it_is_given_and_nothing_else():
+    import torch
+
+    from tta_core.checkpoint import empty_parameters, load_state
+    from tta_core.errors import CheckpointError
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv1d(2, 4, 3)
+            self.norm = torch.nn.BatchNorm1d(4)  # running statistics: buffers
+            self.register_buffer("window", torch.hann_window(8), persistent=False)
+
+    torch.manual_seed(0)
+    trained = Net()
+    state = {k: v.clone() for k, v in trained.state_dict().items()}
+    with empty_parameters():
+        net = Net()
+    assert all(p.is_meta for p in net.parameters())  # no memory, no initialisation
+    assert not any(b.is_meta for b in net.buffers()) and torch.equal(net.window, torch.hann_window(8))
+    given = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}  # in another dtype
+    load_state(net, given, "net.safetensors", assign=True)
+    assert not given  # moved out of the dict, one tensor at a time
+    for k, v in net.state_dict().items():
+        assert v.dtype == state[k].dtype and torch.equal(v, state[k].half().to(v.dtype) if v.is_floating_point() else state[k])
+
+    with empty_parameters():
+        partial = Net()
+    short = {k: v for k, v in state.items() if k != "conv.bias"}
+    with pytest.raises(CheckpointError, match="missing: conv.bias"):
+        load_state(partial, short, "net.safetensors", assign=True)
+    # outside the block, modules are built as usual
+    assert not any(p.is_meta for p in Net().parameters())

@@ -130,9 +130,9 @@ def test_unet2d_denoiser_estimate_is_near_the_real_peak(unet):
             estimates.append(peak_bytes(unet, x, t, COND))
             reals.append(real_peak(unet, x, t, COND))
             assert within_twice(estimates[-1], reals[-1]), (frames, estimates[-1], reals[-1])
-    # its attention makes twice the frames cost more than twice the memory, in both
-    assert estimates[1] / estimates[0] > 3 and reals[1] / reals[0] > 3
-    assert estimates[1] / estimates[0] == pytest.approx(reals[1] / reals[0], rel=0.25)
+    # sampling takes the fused attention kernel, which holds no positions x positions matrix:
+    # twice the frames, twice the activations (the real peak also holds what does not grow)
+    assert estimates[1] / estimates[0] == pytest.approx(2, rel=0.1) and 1.2 < reals[1] / reals[0] < 2.2
 
     def train_step(x):
         unet(x, t, COND).square().mean().backward()
@@ -173,7 +173,7 @@ def test_a_unet_at_100_000_frames_is_estimated_without_allocating_it(unet):
         small = peak_bytes(unet, Spec((1, 4, 64, 16)), t, COND)
         rss, max_rss = rss_bytes(), max_rss_bytes()
         huge = peak_bytes(unet, Spec((1, 4, 100_000, 16)), t, COND)
-    assert huge > 1e12 > small  # terabytes: the attention over 100 000 frames
+    assert huge > 1000 * small and huge > 1e9  # gigabytes of activations over 100 000 frames
     assert rss_bytes() - rss < 100e6 and max_rss_bytes() - max_rss < 100e6
 
 

@@ -4,12 +4,14 @@ errors name options as Python arguments or as flags depending on who asked, and
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
 from tta_core.cli import main
 from test_sample_cli import RECIPE, _manifest, _sample, toy  # noqa: F401  (the toy recipe and run dir)
 
+REPO = Path(__file__).resolve().parents[1]
 SAMPLE_LINE = "sample: {sampler: {type: ddim}, steps: 4, guidance: 3.0}"
 
 
@@ -63,6 +65,33 @@ def test_errors_name_python_arguments_from_python_and_flags_from_the_command(toy
     assert not (tmp_path / "out").exists()
 
 
+def test_a_memory_estimate_is_kept_with_the_run_and_made_again_only_for_another_graph_or_shape(toy, monkeypatch):
+    import json
+
+    import tta_core.sampling.estimate as E
+    from tta_core.sampling import load_pipeline
+
+    recipe, run, train = toy
+    train()
+    pipe = load_pipeline(recipe, run_dir=run, device="cpu")
+    first = pipe.memory_needed(pipe.settings(duration=0.25), 1)
+    kept = json.loads((run / "cache" / E.ESTIMATES_FILE).read_text())
+    assert first > 0 and list(kept.values()) == [first]
+
+    calls = []
+    monkeypatch.setattr(E, "_estimate", lambda pipe, st, b: calls.append(st.duration) or 12345)
+    again = load_pipeline(recipe, run_dir=run, device="cpu")  # another process would load it so
+    assert again.memory_needed(again.settings(duration=0.25), 1) == first and calls == []
+    assert again.memory_needed(again.settings(duration=0.5), 1) == 12345 and calls == [0.5]
+    assert again.memory_needed(again.settings(duration=0.25, guidance=1), 1) == 12345 and len(calls) == 2
+    other = load_pipeline(recipe, run_dir=run, device="cpu", overrides=["components.process.beta_end=0.02"])
+    assert other.memory_needed(other.settings(duration=0.25), 1) == 12345 and len(calls) == 3
+    # a damaged file is estimated again and rewritten
+    (run / "cache" / E.ESTIMATES_FILE).write_text("{not json")
+    assert again.memory_needed(again.settings(duration=0.25), 1) == 12345
+    assert len(json.loads((run / "cache" / E.ESTIMATES_FILE).read_text())) == 1
+
+
 @pytest.fixture
 def labelled(toy, tmp_path):  # noqa: F811
     """The toy recipe and run, with a small labelled training set (8 kinds of sound)."""
@@ -102,6 +131,51 @@ def test_eval_adherence_writes_clips_as_sample_does_and_replaces_its_own(labelle
     assert all(second[name] != first[name] for name in first if name.endswith(".wav"))
     rows = _manifest(out)
     assert len(rows) == 16 and [r["seed"] for r in rows] == [1] * 8 + [2] * 8
+
+
+def test_eval_adherence_generates_with_the_sampler_it_is_given(labelled, tmp_path, capsys):
+    recipe, run, sets = labelled
+    out = tmp_path / "adh"
+    assert _adherence(recipe, run, sets, out, "--sampler", "ddpm", "--labels", "noise,buzz") == 0
+    assert {r["sampler"]["type"] for r in _manifest(out)} == {"ddpm"}
+    assert _adherence(recipe, run, sets, tmp_path / "other", "--sampler", "no_such_sampler") == 2
+    err = capsys.readouterr().err
+    assert "no_such_sampler" in err and "ddim" in err
+    assert not (tmp_path / "other").exists()
+
+
+def test_weights_load_into_networks_built_empty_and_sample_as_before(tiny_run, monkeypatch):
+    """load_pipeline builds networks whose weights come from a file without initialising them
+    (placeholders that take the file's tensors): nothing is left a placeholder, the weights
+    are the file's, and the audio is the audio of a pipeline built the usual way."""
+    import contextlib
+
+    import torch
+
+    import tta_core.sampling.pipeline as P
+    from tta_core.checkpoint import load_weights
+    from tta_core.sampling import load_pipeline
+
+    args, root = tiny_run
+    overrides = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    recipe, run = REPO / "recipes" / "quickstart.yaml", root / "run"
+    pipe = load_pipeline(recipe, run_dir=run, device="cpu", overrides=overrides)
+    assert {"unet", "text", "vae"} <= set(pipe.components)  # diffusers' U-Net and VAE, transformers' T5
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module):
+            assert not any(t.is_meta for t in [*component.parameters(), *component.buffers()]), name
+    denoiser = pipe.weights[pipe.roles["denoiser"]]
+    file = load_weights(denoiser.path)
+    assert all(torch.equal(v, file[k]) for k, v in pipe.denoiser.state_dict().items())
+    waves, _ = pipe.generate("rain", steps=3, seed=4)
+
+    monkeypatch.setattr(P, "empty_parameters", contextlib.nullcontext)  # built and initialised, then loaded
+    usual = load_pipeline(recipe, run_dir=run, device="cpu", overrides=overrides)
+    for name, component in usual.components.items():
+        if isinstance(component, torch.nn.Module):
+            ours = pipe.components[name].state_dict()
+            assert all(torch.equal(v, ours[k]) for k, v in component.state_dict().items()), name
+    torch.testing.assert_close(usual.generate("rain", steps=3, seed=4)[0], waves, atol=0, rtol=0)
 
 
 def test_eval_adherence_refuses_what_sample_refuses_before_any_model_loads(labelled, tmp_path, capsys, monkeypatch):

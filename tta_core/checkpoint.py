@@ -22,13 +22,14 @@ deletes a damaged checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from .errors import CheckpointError
 
@@ -353,9 +354,15 @@ _REFIT_HINT = ("Did the recipe change since these weights were written? "
 
 
 def load_state(module: Any, state: Mapping[str, Any], source: str, strict: bool = True,
-               hint: str = _REFIT_HINT) -> None:
+               hint: str = _REFIT_HINT, assign: bool = False) -> None:
     """Load ``state`` into ``module``. Strict: any missing, unexpected or reshaped key is an
-    error listing them (then ``hint``). Not strict: load what fits and print what did not."""
+    error listing them (then ``hint``). Not strict: load what fits and print what did not.
+    ``assign``: for a module built with :func:`empty_parameters`: each tensor is moved out of
+    ``state`` (a dict, emptied as it goes) into a fresh allocation in the module's dtype that
+    the module takes as its own, so that at most one tensor is held twice at a time (and the
+    weights sit where torch's allocator aligns them, as a module's own parameters do: the
+    kernels then compute exactly as on a module loaded by copying). A parameter left without
+    a value is an error."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -370,4 +377,43 @@ def load_state(module: Any, state: Mapping[str, Any], source: str, strict: bool 
         print(f"partial load from {source}: {len(missing)} missing, {len(unexpected)} unexpected, "
               f"{len(mismatched)} with other shapes (kept from initialisation)")
         print("\n".join(lines))
-    module.load_state_dict({k: v for k, v in state.items() if k in own and k not in mismatched}, strict=False)
+    fits = {k: v for k, v in state.items() if k in own and k not in mismatched}
+    if not assign:
+        module.load_state_dict(fits, strict=False)
+        return
+    import torch
+
+    moved = {}
+    for key in list(fits):
+        value = fits.pop(key)
+        if isinstance(state, dict):
+            state.pop(key, None)
+        moved[key] = torch.empty(value.shape, dtype=own[key].dtype, device=value.device).copy_(value)
+        del value
+    module.load_state_dict(moved, strict=False, assign=True)
+    empty = [name for name, p in module.named_parameters() if p.is_meta]
+    if empty:
+        raise CheckpointError(f"weights in {source} leave {len(empty)} parameter(s) of {type(module).__name__} "
+                              f"without a value: {', '.join(empty[:10])}")
+
+
+@contextlib.contextmanager
+def empty_parameters() -> Iterator[None]:
+    """Modules built inside get their parameters as placeholders on the meta device: no
+    memory and no initialisation, for networks whose every parameter is loaded next with
+    ``load_state(..., assign=True)`` (weights are then held once, and a large network builds
+    in a fraction of the time). Buffers are built as usual (a mel filterbank, position ids)."""
+    import torch
+
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module: torch.nn.Module, name: str, param: Any) -> None:
+        register(module, name, param)
+        if param is not None and not param.is_meta:
+            module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register

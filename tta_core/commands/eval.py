@@ -82,6 +82,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=number(int, min=0), default=0)
     p.add_argument("--steps", type=number(int, min=1), default=None)
     p.add_argument("--guidance", type=number(float, min=0), default=None)
+    p.add_argument("--sampler", default=None, help="--adherence: the sampler to generate with (as sample --sampler)")
     p.add_argument("--device", default=None)
     p.add_argument("--adapter", action="append", default=[], metavar="PATH[:SCALE]",
                    help="--adherence: sample with this adapter too (as sample --adapter); repeatable")
@@ -275,7 +276,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 #: Options eval --adherence has a flag for; it names the other sampling options by their recipe key.
-_ADHERENCE_FLAGS = ("steps", "guidance", "seed", "device", "skip_memory_check")
+_ADHERENCE_FLAGS = ("steps", "guidance", "sampler", "seed", "device", "skip_memory_check")
 
 
 def _adherence_option(name: str) -> str:
@@ -312,7 +313,7 @@ def _generate_per_label(args: argparse.Namespace, recipe: Any, registry: Any, by
             entries.append((f"{label}-{k}", pool[int(torch.randint(len(pool), (1,), generator=g))]))
     pipe = load_pipeline(recipe, run_dir=run_dir, device=args.device, registry=registry,
                          adapters=getattr(args, "adapter", ()))
-    st = pipe.settings(steps=args.steps, guidance=args.guidance, seed=args.seed)
+    st = pipe.settings(steps=args.steps, guidance=args.guidance, seed=args.seed, sampler=args.sampler)
     written = write_samples(pipe, entries, st, out, earlier, overwrite=True, progress=False,
                             memory_check=not args.skip_memory_check)
     print(written.summary(pipe, st))

@@ -22,16 +22,92 @@ if TYPE_CHECKING:
 MEMORY_MARGIN = 2.0
 
 
+#: Where a run keeps the estimates (``<run dir>/cache/``): one per graph and batch shape
+ESTIMATES_FILE = "sample-memory.json"
+
+
 def memory_needed(pipe: "Pipeline", st: SampleSettings, count: int) -> int | None:
     """Bytes one batch of ``count`` outputs (at most ``st.batch_size``) needs at its peak
     beyond the loaded weights: the larger of a guided denoiser call and the decoding
     (autoencoder, then vocoder), plus the batch's audio. Estimated on fake tensors; a vocoder
     whose code needs the data (Griffin-Lim's inverse STFT checks its window) is measured for
     real on 16 frames and scaled to the length, as a vocoder's memory grows in proportion to
-    it. None when a part cannot be estimated."""
+    it. None when a part cannot be estimated.
+
+    An estimate depends only on the graph (its components' nodes, their plugins' versions,
+    the adapters), the batch's shape and the settings that change the calls, never on the
+    weights' values: it is kept in the run's ``cache/sample-memory.json`` under a hash of
+    those and read back the next time (a few seconds at AudioLDM's size). A run folder that
+    cannot be written to only means the estimate is made again."""
+    b = max(1, min(st.batch_size, count))
+    key = _estimate_key(pipe, st, b)
+    cached = _read_estimates(pipe).get(key)
+    if isinstance(cached, int):
+        return cached
+    need = _estimate(pipe, st, b)
+    if need is not None:
+        _write_estimate(pipe, key, need)
+    return need
+
+
+def _estimate_key(pipe: "Pipeline", st: SampleSettings, b: int) -> str:
+    import hashlib
+    import json
+
+    from .. import __version__
+    from ..recipe import component_kind
+    from ..yamlio import to_plain
+
+    def origin(name: str) -> str:
+        entry = pipe.registry.get(component_kind(pipe.recipe, name, pipe.registry), pipe.recipe.components[name]["type"])
+        return f"{entry.origin.distribution} {entry.origin.version}"
+
+    names = sorted(pipe.roles.values())
+    what = {
+        "components": {n: to_plain(pipe.recipe.components[n]) for n in names},
+        "plugins": {n: origin(n) for n in names},
+        "adapters": {n: list(w.adapters) for n, w in sorted(pipe.weights.items())},
+        "latent": list(pipe.autoencoder.latent_shape(pipe.length_for(st.duration))), "batch": b,
+        "samples": int(round(st.duration * pipe.sample_rate)), "channels": pipe.audio.channels,
+        "guidance": bool(st.guidance.active), "decode_steps": st.decode_steps,
+        "device": pipe.device.type, "precision": pipe.precision, "torch": torch.__version__, "tta": __version__,
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _estimates_path(pipe: "Pipeline"):
+    return None if pipe.run_dir is None else pipe.run_dir / "cache" / ESTIMATES_FILE
+
+
+def _read_estimates(pipe: "Pipeline") -> dict:
+    import json
+
+    path = _estimates_path(pipe)
+    try:
+        data = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    except (OSError, ValueError):  # unreadable or damaged: estimated again, and rewritten
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_estimate(pipe: "Pipeline", key: str, need: int) -> None:
+    import json
+
+    from ..checkpoint import atomic_write
+
+    path = _estimates_path(pipe)
+    if path is None or not path.parent.parent.is_dir():
+        return
+    try:
+        path.parent.mkdir(exist_ok=True)
+        atomic_write(path, json.dumps({**_read_estimates(pipe), key: int(need)}, indent=1, sort_keys=True))
+    except OSError:  # a read-only run folder: nothing kept
+        pass
+
+
+def _estimate(pipe: "Pipeline", st: SampleSettings, b: int) -> int | None:
     from ..memory import Spec, measured_bytes, peak_bytes, unchanged
 
-    b = max(1, min(st.batch_size, count))
     length = pipe.length_for(st.duration)
     shape = (b, *pipe.autoencoder.latent_shape(length))
     kwargs = {} if st.decode_steps is None else {"steps": int(st.decode_steps)}

@@ -7,16 +7,18 @@ in one batch) and a few tensor operations, with no host-device sync.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Collection, Iterator, Mapping, Sequence
 
 import torch
 
 from ..diffusion import start_scale
 from ..diffusion.guidance import guided_denoiser
+from ..checkpoint import empty_parameters
 from ..errors import TtaError, UsageError
 from ..interfaces import Conditioning, unconditional
 from ..precision import PRECISIONS, autocast_dtype, resolve_precision
@@ -27,8 +29,10 @@ from . import estimate
 from .device import pick_device
 from .editing import Edit, load_audio, plan_edit
 from .settings import NamesOptions, SampleSettings, per_text, resolve_settings, sampler_node, takes
-from .weights import LoadedWeights, add_adapters, load_weights_for
+from .weights import LoadedWeights, add_adapters, load_weights_for, weight_files
 
+
+log = logging.getLogger("tta.sampling")
 
 
 class NonFiniteAudioError(NamesOptions):
@@ -65,6 +69,7 @@ class Pipeline:
     device: torch.device = torch.device("cpu")
     precision: str = "fp32"
     weights: dict[str, LoadedWeights] = field(default_factory=dict)
+    run_dir: Path | None = None  # the run the weights came from (its cache/ keeps memory estimates)
 
     def __post_init__(self) -> None:
         self.precision = resolve_precision(self.precision, self.device)  # auto -> what this device runs natively
@@ -293,6 +298,11 @@ class Pipeline:
         return autocast_net
 
 
+def _has_placeholders(component: Any) -> bool:
+    """Whether ``component`` has placeholder parameters (built by empty_parameters)."""
+    return isinstance(component, torch.nn.Module) and any(p.is_meta for p in component.parameters())
+
+
 def _check_finite(waves: torch.Tensor, prompts: Sequence[str], seed: int) -> None:
     bad = (~torch.isfinite(waves.reshape(waves.shape[0], -1))).any(dim=1).tolist()
     if any(bad):
@@ -313,13 +323,24 @@ def _progress(enabled: bool, total: int, label: str):
     return Progress(total, f"sample {label}", "steps")
 
 
-def _build_graph(recipe: Recipe, registry: Any, roles: dict[str, str], audio: Any) -> dict[str, Any]:
-    """Role -> built component, checked to fit together (a mel autoencoder has a vocoder)."""
+def _build_graph(recipe: Recipe, registry: Any, roles: dict[str, str], audio: Any,
+                 empty: Collection[str] = ()) -> dict[str, Any]:
+    """Role -> built component, checked to fit together (a mel autoencoder has a vocoder).
+    The components named in ``empty`` are built with placeholder parameters (their weights
+    load next: :func:`tta_core.checkpoint.empty_parameters`)."""
+    def make(name: str) -> Any:
+        node, kind = recipe.components[name], component_kind(recipe, name, registry)
+        if name in empty:
+            try:
+                with empty_parameters():
+                    return build(node, kind, registry, where=f"components.{name}", audio=audio)
+            except Exception:  # code that reads its parameters while it builds: built as usual
+                log.debug("components.%s: built with initialised parameters", name, exc_info=True)
+        return build(node, kind, registry, where=f"components.{name}", audio=audio)
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # components built the same way every time (then weights load)
-        built = {role: build(recipe.components[name], component_kind(recipe, name, registry), registry,
-                             where=f"components.{name}", audio=audio)
-                 for role, name in roles.items()}
+        built = {role: make(name) for role, name in roles.items()}
     autoencoder = built["autoencoder"]
     if getattr(autoencoder, "domain", None) not in ("mel", "waveform"):
         raise TtaError(f"autoencoder '{roles['autoencoder']}' has domain {getattr(autoencoder, 'domain', None)!r}; "
@@ -363,10 +384,15 @@ def load_pipeline(recipe: str | os.PathLike | Recipe, *, run_dir: str | os.PathL
         raise UsageError(f"precision is one of {', '.join(PRECISIONS)}, got {precision!r}")
     roles = resolve_roles(recipe, registry)
     audio = recipe.audio
-    built = _build_graph(recipe, registry, roles, audio)
     run_dir = Path(run_dir) if run_dir is not None else recipe.run_dir
+    # a network whose weights come from a file is built empty and takes the file's tensors
+    # (no initialisation, held once); one that loads its own (pretrained:) is built as usual
+    files = weight_files(list(roles.values()), recipe, run_dir, ckpt=ckpt, ema=ema)
+    empty = [name for name in files if recipe.components[name].get("pretrained") in (None, False)]
+    built = _build_graph(recipe, registry, roles, audio, empty)
     by_name = {roles[role]: c for role, c in built.items()}
-    weights = load_weights_for(by_name, recipe, run_dir, ckpt=ckpt, ema=ema)
+    weights = load_weights_for(by_name, recipe, run_dir, ckpt=ckpt, ema=ema,
+                               assign=[n for n in empty if _has_placeholders(by_name[n])])
     if adapters:
         kinds = {name: component_kind(recipe, name, registry) for name in by_name}
         for name, files in add_adapters(by_name, kinds, adapters, ema=ema).items():
@@ -378,4 +404,4 @@ def load_pipeline(recipe: str | os.PathLike | Recipe, *, run_dir: str | os.PathL
     return Pipeline(recipe=recipe, conditioner=built["conditioner"], denoiser=built["denoiser"],
                     process=built["process"], autoencoder=built["autoencoder"], vocoder=built.get("vocoder"),
                     roles=roles, audio=audio, registry=registry, device=dev, precision=precision,
-                    weights=weights)
+                    weights=weights, run_dir=run_dir)

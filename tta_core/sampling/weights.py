@@ -74,10 +74,34 @@ def _missing(name: str, stages: list[str], run: RunDir, recipe: Recipe) -> str:
             f"add it to a stage's trains: and run `tta-run {ref} train`")
 
 
+def _weights_path(name: str, recipe: Recipe, run: RunDir, chosen: Checkpoint | None,
+                  ema: bool) -> tuple[Path | None, bool, str | None]:
+    """(the file, whether it is an EMA copy, the stage that trained it) for component
+    ``name`` by the rule in the module docstring; (None, False, None) when it has none."""
+    path, use_ema = _chosen_file(chosen, name, ema)
+    if path is not None:
+        return path, use_ema, None
+    found = run.find_weights(name, stages_training(recipe, name), prefer_ema=ema)
+    if found is not None:
+        return found.path, found.ema, found.stage
+    return run.given_weights(name), False, None
+
+
+def weight_files(names: Sequence[str], recipe: Recipe, run_dir: Path, *, ckpt: str | os.PathLike | None = None,
+                 ema: bool = True) -> dict[str, Path]:
+    """The weights file each of ``names`` would load (those that have one), without loading it."""
+    run, chosen = RunDir(run_dir), load_checkpoint(ckpt) if ckpt is not None else None
+    files = {name: _weights_path(name, recipe, run, chosen, ema)[0] for name in names}
+    return {name: path for name, path in files.items() if path is not None}
+
+
 def load_weights_for(components: Mapping[str, Any], recipe: Recipe, run_dir: Path, *,
-                     ckpt: str | os.PathLike | None = None, ema: bool = True) -> dict[str, LoadedWeights]:
+                     ckpt: str | os.PathLike | None = None, ema: bool = True,
+                     assign: Sequence[str] = ()) -> dict[str, LoadedWeights]:
     """Load trained weights into ``components`` (name -> built component) by the rule in
-    the module docstring; every component that lacks them is reported at once."""
+    the module docstring; every component that lacks them is reported at once. The
+    components named in ``assign`` were built with :func:`tta_core.checkpoint.empty_parameters`
+    and take the file's tensors as their own."""
     run = RunDir(run_dir)
     chosen = load_checkpoint(ckpt) if ckpt is not None else None
     loaded, missing = {}, []
@@ -85,25 +109,16 @@ def load_weights_for(components: Mapping[str, Any], recipe: Recipe, run_dir: Pat
         if not has_params(component):
             loaded[name] = LoadedWeights(name, None, source="none")
             continue
-        path, use_ema = _chosen_file(chosen, name, ema)
-        stages = stages_training(recipe, name)
-        found = None
-        if path is None:
-            found = run.find_weights(name, stages, prefer_ema=ema)
-            if found is not None:
-                path, use_ema = found.path, found.ema
-        if path is None:
-            path = run.given_weights(name)
+        path, use_ema, base_stage = _weights_path(name, recipe, run, chosen, ema)
         if path is not None:
-            load_state(component, load_weights(path), str(path))
-            base_stage = found.stage if found is not None and path == found.path else None
+            load_state(component, load_weights(path), str(path), assign=name in assign)
             applied = apply_run_adapters(component, name, recipe, run, chosen, base_stage, ema)
             loaded[name] = LoadedWeights(name, path, use_ema, adapters=applied)
         elif recipe.components[name].get("pretrained") not in (None, False):
             applied = apply_run_adapters(component, name, recipe, run, chosen, None, ema)
             loaded[name] = LoadedWeights(name, None, source="pretrained", adapters=applied)
         else:
-            missing.append(_missing(name, stages, run, recipe))
+            missing.append(_missing(name, stages_training(recipe, name), run, recipe))
     if missing:
         where = f" (run dir {run.root}" + (f", ckpt {ckpt}" if ckpt else "") + ")"
         raise MissingWeightsError("refusing to sample from untrained weights" + where + ":\n  "

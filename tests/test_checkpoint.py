@@ -143,7 +143,7 @@ def test_a_network_built_empty_takes_the_weights_it_is_given_and_nothing_else():
     assert all(p.is_meta for p in net.parameters())  # no memory, no initialisation
     assert not any(b.is_meta for b in net.buffers()) and torch.equal(net.window, torch.hann_window(8))
     given = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}  # in another dtype
-    load_state(net, given, "net.safetensors", assign=True)
+    load_state(net, given, "net.safetensors")
     assert not given  # moved out of the dict, one tensor at a time
     for k, v in net.state_dict().items():
         assert v.dtype == state[k].dtype and torch.equal(v, state[k].half().to(v.dtype) if v.is_floating_point() else state[k])
@@ -152,6 +152,6 @@ def test_a_network_built_empty_takes_the_weights_it_is_given_and_nothing_else():
         partial = Net()
     short = {k: v for k, v in state.items() if k != "conv.bias"}
     with pytest.raises(CheckpointError, match="missing: conv.bias"):
-        load_state(partial, short, "net.safetensors", assign=True)
+        load_state(partial, short, "net.safetensors")
     # outside the block, modules are built as usual
     assert not any(p.is_meta for p in Net().parameters())

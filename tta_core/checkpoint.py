@@ -354,12 +354,12 @@ _REFIT_HINT = ("Did the recipe change since these weights were written? "
 
 
 def load_state(module: Any, state: Mapping[str, Any], source: str, strict: bool = True,
-               hint: str = _REFIT_HINT, assign: bool = False) -> None:
+               hint: str = _REFIT_HINT) -> None:
     """Load ``state`` into ``module``. Strict: any missing, unexpected or reshaped key is an
     error listing them (then ``hint``). Not strict: load what fits and print what did not.
-    ``assign``: for a module built with :func:`empty_parameters`: each tensor is moved out of
-    ``state`` (a dict, emptied as it goes) into a fresh allocation in the module's dtype that
-    the module takes as its own, so that at most one tensor is held twice at a time (and the
+    A module built with :func:`empty_parameters` (placeholder parameters) cannot be copied
+    into: each tensor is moved out of ``state`` (a dict, emptied as it goes) into a fresh
+    allocation in the module's dtype that the module takes as its own, so that at most one tensor is held twice at a time (and the
     weights sit where torch's allocator aligns them, as a module's own parameters do: the
     kernels then compute exactly as on a module loaded by copying). A parameter left without
     a value is an error."""
@@ -378,7 +378,7 @@ def load_state(module: Any, state: Mapping[str, Any], source: str, strict: bool 
               f"{len(mismatched)} with other shapes (kept from initialisation)")
         print("\n".join(lines))
     fits = {k: v for k, v in state.items() if k in own and k not in mismatched}
-    if not assign:
+    if not any(p.is_meta for p in module.parameters()):
         module.load_state_dict(fits, strict=False)
         return
     import torch
@@ -401,7 +401,7 @@ def load_state(module: Any, state: Mapping[str, Any], source: str, strict: bool 
 def empty_parameters() -> Iterator[None]:
     """Modules built inside get their parameters as placeholders on the meta device: no
     memory and no initialisation, for networks whose every parameter is loaded next with
-    ``load_state(..., assign=True)`` (weights are then held once, and a large network builds
+    :func:`load_state` (weights are then held once, and a large network builds
     in a fraction of the time). Buffers are built as usual (a mel filterbank, position ids)."""
     import torch
 

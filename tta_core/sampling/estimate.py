@@ -40,21 +40,18 @@ def memory_needed(pipe: "Pipeline", st: SampleSettings, count: int) -> int | Non
     those and read back the next time (a few seconds at AudioLDM's size). A run folder that
     cannot be written to only means the estimate is made again."""
     b = max(1, min(st.batch_size, count))
-    key = _estimate_key(pipe, st, b)
-    cached = _read_estimates(pipe).get(key)
-    if isinstance(cached, int):
-        return cached
+    key, kept = _estimate_key(pipe, st, b), _read_estimates(pipe)
+    if isinstance(kept.get(key), int):
+        return kept[key]
     need = _estimate(pipe, st, b)
     if need is not None:
-        _write_estimate(pipe, key, need)
+        _write_estimates(pipe, {**kept, key: int(need)})
     return need
 
 
 def _estimate_key(pipe: "Pipeline", st: SampleSettings, b: int) -> str:
-    import hashlib
-    import json
-
     from .. import __version__
+    from ..data.cache import digest
     from ..recipe import component_kind
     from ..yamlio import to_plain
 
@@ -72,7 +69,7 @@ def _estimate_key(pipe: "Pipeline", st: SampleSettings, b: int) -> str:
         "guidance": bool(st.guidance.active), "decode_steps": st.decode_steps,
         "device": pipe.device.type, "precision": pipe.precision, "torch": torch.__version__, "tta": __version__,
     }
-    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return digest(what)
 
 
 def _estimates_path(pipe: "Pipeline"):
@@ -90,7 +87,7 @@ def _read_estimates(pipe: "Pipeline") -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _write_estimate(pipe: "Pipeline", key: str, need: int) -> None:
+def _write_estimates(pipe: "Pipeline", estimates: dict) -> None:
     import json
 
     from ..checkpoint import atomic_write
@@ -100,7 +97,7 @@ def _write_estimate(pipe: "Pipeline", key: str, need: int) -> None:
         return
     try:
         path.parent.mkdir(exist_ok=True)
-        atomic_write(path, json.dumps({**_read_estimates(pipe), key: int(need)}, indent=1, sort_keys=True))
+        atomic_write(path, json.dumps(estimates, indent=1, sort_keys=True))
     except OSError:  # a read-only run folder: nothing kept
         pass
 

@@ -298,11 +298,6 @@ class Pipeline:
         return autocast_net
 
 
-def _has_placeholders(component: Any) -> bool:
-    """Whether ``component`` has placeholder parameters (built by empty_parameters)."""
-    return isinstance(component, torch.nn.Module) and any(p.is_meta for p in component.parameters())
-
-
 def _check_finite(waves: torch.Tensor, prompts: Sequence[str], seed: int) -> None:
     bad = (~torch.isfinite(waves.reshape(waves.shape[0], -1))).any(dim=1).tolist()
     if any(bad):
@@ -386,13 +381,12 @@ def load_pipeline(recipe: str | os.PathLike | Recipe, *, run_dir: str | os.PathL
     audio = recipe.audio
     run_dir = Path(run_dir) if run_dir is not None else recipe.run_dir
     # a network whose weights come from a file is built empty and takes the file's tensors
-    # (no initialisation, held once); one that loads its own (pretrained:) is built as usual
+    # (no initialisation, held once: load_state); one that loads its own (pretrained:) is built as usual
     files = weight_files(list(roles.values()), recipe, run_dir, ckpt=ckpt, ema=ema)
     empty = [name for name in files if recipe.components[name].get("pretrained") in (None, False)]
     built = _build_graph(recipe, registry, roles, audio, empty)
     by_name = {roles[role]: c for role, c in built.items()}
-    weights = load_weights_for(by_name, recipe, run_dir, ckpt=ckpt, ema=ema,
-                               assign=[n for n in empty if _has_placeholders(by_name[n])])
+    weights = load_weights_for(by_name, recipe, run_dir, ckpt=ckpt, ema=ema)
     if adapters:
         kinds = {name: component_kind(recipe, name, registry) for name in by_name}
         for name, files in add_adapters(by_name, kinds, adapters, ema=ema).items():

@@ -96,12 +96,10 @@ def weight_files(names: Sequence[str], recipe: Recipe, run_dir: Path, *, ckpt: s
 
 
 def load_weights_for(components: Mapping[str, Any], recipe: Recipe, run_dir: Path, *,
-                     ckpt: str | os.PathLike | None = None, ema: bool = True,
-                     assign: Sequence[str] = ()) -> dict[str, LoadedWeights]:
+                     ckpt: str | os.PathLike | None = None, ema: bool = True) -> dict[str, LoadedWeights]:
     """Load trained weights into ``components`` (name -> built component) by the rule in
-    the module docstring; every component that lacks them is reported at once. The
-    components named in ``assign`` were built with :func:`tta_core.checkpoint.empty_parameters`
-    and take the file's tensors as their own."""
+    the module docstring; every component that lacks them is reported at once. A component
+    built with :func:`tta_core.checkpoint.empty_parameters` takes the file's tensors as its own."""
     run = RunDir(run_dir)
     chosen = load_checkpoint(ckpt) if ckpt is not None else None
     loaded, missing = {}, []
@@ -111,7 +109,7 @@ def load_weights_for(components: Mapping[str, Any], recipe: Recipe, run_dir: Pat
             continue
         path, use_ema, base_stage = _weights_path(name, recipe, run, chosen, ema)
         if path is not None:
-            load_state(component, load_weights(path), str(path), assign=name in assign)
+            load_state(component, load_weights(path), str(path))
             applied = apply_run_adapters(component, name, recipe, run, chosen, base_stage, ema)
             loaded[name] = LoadedWeights(name, path, use_ema, adapters=applied)
         elif recipe.components[name].get("pretrained") not in (None, False):

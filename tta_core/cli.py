@@ -23,7 +23,7 @@ from types import ModuleType
 
 from . import __version__
 from .commands import data as _data, eval as _eval, importing as _importing, sample as _sample, train as _train
-from .commands import export as _export, plan as _plan
+from .commands import export as _export, plan as _plan, serve as _serve
 from .commands.base import (Command, Verb, check_writable, common_options, load_plugins, load_recipe, number,
                             recipe_options)
 from .errors import TtaError, UsageError
@@ -32,7 +32,7 @@ __all__ = ["main", "run", "COMMANDS", "VERBS", "Command", "Verb", "number", "che
            "load_recipe"]
 
 #: The modules whose ``COMMANDS`` lists make up tta-run, in the order ``tta-run --help`` shows them.
-COMMAND_MODULES: tuple[ModuleType, ...] = (_data, _eval, _importing, _export, _sample, _train, _plan)
+COMMAND_MODULES: tuple[ModuleType, ...] = (_data, _eval, _importing, _export, _sample, _serve, _train, _plan)
 
 
 def _overview() -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +179,7 @@ class Written:
     files: int
     renamed: int  # outputs named -1, -2, ... beside earlier ones of the same name
     manifest: Path
+    rows: list[dict] = field(default_factory=list)  # the manifest line of each output, in order
 
     def summary(self, pipe: Any, st: Any) -> str:
         note = f"; {self.renamed} named -1, -2, ... beside earlier outputs of the same name (--overwrite replaces " \
@@ -236,13 +237,15 @@ def _row(pipe: Any, st: Any, file: str, stem: str, prompt: str, negative: str, s
 
 def write_samples(pipe: Any, entries: list[tuple[str | None, str]], st: Any, out: Path, earlier: list[dict], *,
                   n: int = 1, ranker: Any = None, overwrite: bool = False, audio_format: str = "wav", ema: bool = True,
-                  progress: bool = True, memory_check: bool = True) -> Written:
+                  progress: Any = True, memory_check: bool = True) -> Written:
     """Generate ``n`` outputs per (name or None, prompt) of ``entries`` with the settings ``st``
     and write each into ``out`` as audio, a spectrogram PNG and a manifest line, batch by
     batch, as ``tta-run sample`` does: a name already in ``out`` (on disk or in ``earlier``,
     the manifest rows :func:`check_out` returned) gets -1, -2, ... unless ``overwrite``; the
     manifest is appended to. With a ``ranker`` only each prompt's best of its ``n`` is kept.
-    ``memory_check``: refuse a batch estimated beyond the device's free memory first."""
+    ``memory_check``: refuse a batch estimated beyond the device's free memory first.
+    ``progress``: a bar (True), none (False), or a function called after each step
+    (:meth:`tta_core.sampling.Pipeline.batches`)."""
     ext, subtype = FORMATS[audio_format]
     stems = _names(entries, 1 if ranker else n)
     taken = set() if overwrite else {Path(row["file"]).stem for row in earlier}
@@ -262,6 +265,7 @@ def write_samples(pipe: Any, entries: list[tuple[str | None, str]], st: Any, out
             new.append(_row(pipe, st, f"{stem}.{ext}", stem, prompt, negative, seed, b, record, level, ema))
         append_rows(written.manifest, new)
         written.files += len(new)
+        written.rows += new
     return written
 
 

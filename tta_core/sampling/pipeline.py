@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Collection, Iterator, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 import torch
 
@@ -33,6 +33,9 @@ from .weights import LoadedWeights, add_adapters, load_weights_for, weight_files
 
 
 log = logging.getLogger("tta.sampling")
+
+#: ``progress(step, steps, batch, batches)``: called after each sampling step (step from 1, batch from 0)
+StepCallback = Callable[[int, int, int, int], None]
 
 
 class NonFiniteAudioError(NamesOptions):
@@ -164,7 +167,7 @@ class Pipeline:
                                  for i, t in enumerate(texts)])
         return waves, self.sample_rate
 
-    def batches(self, texts: Sequence[str], *, n: int = 1, progress: bool = False,
+    def batches(self, texts: Sequence[str], *, n: int = 1, progress: bool | StepCallback = False,
                 settings: SampleSettings | None = None, memory_check: bool = False,
                 **options: Any) -> Iterator[Batch]:
         """Generate ``n`` outputs per prompt, ``batch_size`` at a time; batch k draws its
@@ -173,7 +176,9 @@ class Pipeline:
         Options (or one ``settings``): steps, guidance, guidance_rescale, guidance_interval,
         sampler, seed, duration, batch_size, negative: a prompt (or one per text) whose
         conditioning replaces the unconditional half of guidance ("" or None:
-        ``conditioner.null``), decode_steps (diffusion autoencoders). ``memory_check``: first
+        ``conditioner.null``), decode_steps (diffusion autoencoders). ``progress``: True for a
+        bar (or log lines), or a function ``progress(step, steps, batch, batches)`` called after
+        each sampling step (step counting from 1, batch from 0). ``memory_check``: first
         refuse a batch estimated to need more memory than the device has free
         (:meth:`check_memory`; a second or two, so ``tta-run sample`` does it and a loop of
         short generations need not).
@@ -202,7 +207,8 @@ class Pipeline:
             chunk = items[start:start + st.batch_size]
             prompts = [texts[i] for i, _ in chunk]
             negs = [negatives[i] for i, _ in chunk]
-            waves = self._batch(prompts, negs, st.seed + k, sample, schedule, st, length, progress=progress,
+            report = (lambda i, steps, x, k=k: progress(i + 1, steps, k, total)) if callable(progress) else progress
+            waves = self._batch(prompts, negs, st.seed + k, sample, schedule, st, length, progress=report,
                                 label=f"batch {k + 1}/{total}", edit=edit, audio_cond=audio_cond)
             _check_finite(waves, prompts, st.seed + k)
             notes = self._normalize(waves, st.loudness) if st.loudness is not None else None
@@ -223,7 +229,7 @@ class Pipeline:
 
     @torch.no_grad()
     def _batch(self, prompts: list[str], negatives: list[str], seed: int, sample: Any, schedule: torch.Tensor,
-               st: SampleSettings, length: int, *, progress: bool, label: str, edit: Edit | None = None,
+               st: SampleSettings, length: int, *, progress: Any, label: str, edit: Edit | None = None,
                audio_cond: Conditioning | None = None) -> torch.Tensor:
         device, batch = self.device, len(prompts)
         if audio_cond is not None:
@@ -257,9 +263,12 @@ class Pipeline:
         return wave
 
     def _sample(self, sample: Any, denoise: Any, x_T: torch.Tensor, schedule: torch.Tensor,
-                generator: torch.Generator, progress: bool, label: str) -> torch.Tensor:
+                generator: torch.Generator, progress: Any, label: str) -> torch.Tensor:
+        """``progress``: a bool (a bar or not) or the sampler's ``callback(step, total, x)``."""
         if schedule.shape[0] < 2:  # strength 0: no step to take
             return x_T
+        if callable(progress):
+            return sample(denoise, x_T, schedule, generator=generator, callback=progress)
         bar = _progress(progress, schedule.shape[0] - 1, label)
         try:
             return sample(denoise, x_T, schedule, generator=generator,

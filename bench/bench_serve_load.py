@@ -1,6 +1,6 @@
 """Load check of `tta-run RECIPE serve`: many concurrent API clients on the quickstart run.
 
-    .venv/bin/python bench/bench_serve_load.py [--run runs/quickstart] [--clients 20] [--rounds 4]
+    .venv/bin/python bench/bench_serve_load.py [--run runs/quickstart] [--clients 20] [--rounds 10]
 
 Starts the server as its own process (a free loopback port, outputs into a temporary folder),
 then, round after round, ``--clients`` threads post to /api/generate at the same moment and
@@ -57,7 +57,7 @@ def main() -> int:
     p.add_argument("--recipe", default=str(REPO / "recipes" / "quickstart.yaml"))
     p.add_argument("--run", default=str(REPO / "runs" / "quickstart"))
     p.add_argument("--clients", type=int, default=20)
-    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--max-queue", type=int, default=8)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a client waits for its answer")

@@ -221,6 +221,7 @@ class Handler(BaseHTTPRequestHandler):
 class StudioServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # connections the system holds before accepting: a burst of clients is not reset
 
     def __init__(self, address: tuple[str, int], studio: Studio):
         self.studio = studio

@@ -315,3 +315,28 @@ def test_serve_refuses_a_port_in_use_and_warns_off_loopback(pipe, tmp_path, caps
         with pytest.raises(UsageError):
             serve_forever(Studio(pipe, tmp_path / "b"), "192.0.2.1", port)  # not this machine's: cannot bind
     assert "warning: serving on 192.0.2.1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_candidates_are_reranked_where_the_server_has_a_text_audio_embedder(pipe, tiny_clap, tmp_path):
+    from tta_core.eval.rerank import ranker
+    from tta_core.serving import Studio, start
+
+    spec = f"{{type: clap, pretrained: {tiny_clap}, tmodel: transformer}}"
+    studio = Studio(pipe, tmp_path / "out", ranker=ranker(spec, pipe.registry, recipe=pipe.recipe))
+    srv, _ = start(studio, "127.0.0.1", 0)
+    base = srv.url.rstrip("/")
+    try:
+        info = jcall(base, "/api/info")[1]
+        assert info["rerank"] == {"available": True, "embedder": studio.ranker.name}
+        status, job = jcall(base, "/api/generate", {"prompt": "white noise", "n": 3, "rerank": True, "steps": 2})
+        assert status == 200 and job["status"] == "done", job
+        [output] = job["outputs"]  # the best of three kept
+        record = output["manifest"]["rerank"]
+        assert len(record["scores"]) == 3 and record["chosen"] == max(range(3), key=record["scores"].__getitem__)
+        status, job = jcall(base, "/api/generate", {"prompt": "white noise", "n": 2, "steps": 2})
+        assert status == 200 and len(job["outputs"]) == 2  # without rerank: every candidate
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        studio.close()

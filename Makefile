@@ -52,8 +52,8 @@ demo: install
 # set replayed against forgetting. All ten labels are scored before and after; it fails (exit 1)
 # when a new label is under 0.8 adherence, an old one drops more than 0.05, or the U-Net
 # adapter is over 5% of the U-Net.
-FINETUNE_LABELS ?= drips,bounce
-ADHERENCE_SETS := --dataset data/sounds/manifest.jsonl --dataset data/sounds_new/manifest.jsonl --n-per-label 8
+FINETUNE_LABELS ?= drips,wind
+ADHERENCE_SETS := --dataset data/sounds/manifest.jsonl --dataset data/sounds_new/manifest.jsonl --n-per-label 24
 
 finetune-demo: install
 	@start=$$(date +%s); set -e; \

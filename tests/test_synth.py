@@ -82,7 +82,7 @@ def _features(make, n, seed):
 def test_sound_kinds_are_distinguishable_on_the_log_mel(labels):
     """A nearest-centroid classifier on simple log-mel statistics, trained on one seed and
     tested on another, must name the kind of almost every clip: the eight default kinds, and
-    all twelve with the extra kinds (siren, drips, wail, bounce)."""
+    all of them with the extra kinds (siren, drips, wail, bounce, wind)."""
     make = functools.partial(sounds.make, labels=labels)
     x_train, y_train = _features(make, 8 * len(labels), seed=1)
     x_test, y_test = _features(make, 6 * len(labels), seed=2)

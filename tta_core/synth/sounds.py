@@ -1,6 +1,6 @@
 """Simple kinds of sound, each clearly its own on a 64-band log-mel at 16 kHz: the eight of the
 default set (:data:`LABELS`) and more a set may choose (:data:`EXTRA_LABELS`: a two-tone siren,
-water drips), for fine-tuning on sounds a model has not heard.
+water drips, gusts of wind), for fine-tuning on sounds a model has not heard.
 
 What tells them apart on a mel (a classifier checks prompt adherence on these later): where
 the energy sits (hum < 1 kHz, buzz harmonics up to 7.5 kHz, beep a single line at 1.5-3 kHz,
@@ -41,6 +41,7 @@ CAPTIONS.update({
              "an ambulance siren wailing"),
     "bounce": ("a bouncing ball", "a ball bouncing to a stop", "a ping pong ball bouncing",
                "quickening bounces of a ball"),
+    "wind": ("wind blowing", "gusts of wind", "the whoosh of wind rising and falling", "a howling wind"),
 })
 EXTRA_LABELS = tuple(k for k in CAPTIONS if k not in LABELS)
 ALL_LABELS = LABELS + EXTRA_LABELS
@@ -191,6 +192,19 @@ def bounce(rng, n, sr):
         gap *= shrink
         amp *= 0.85
     return wave, {"pitch_hz": f0, "bounces": bounces}
+
+
+def wind(rng, n, sr):
+    """Gusts of wind: noise in one band (centred at 300-800 Hz, about an octave wide; the
+    hiss of ``noise`` is flat to 8 kHz) swelling and fading 0.3-0.8 times a second."""
+    centre = rng.uniform(300, 800)
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    f = np.fft.rfftfreq(n, 1 / sr)
+    spectrum *= np.exp(-0.5 * (np.log2(np.maximum(f, 1.0) / centre) / rng.uniform(0.35, 0.55)) ** 2)
+    band = np.fft.irfft(spectrum, n)
+    rate = rng.uniform(0.3, 0.8)
+    swell = 0.55 + 0.45 * np.sin(2 * np.pi * rate * np.arange(n) / sr + rng.uniform(0, 2 * np.pi))
+    return band / (np.abs(band).max() + 1e-9) * swell * fades(n, sr, 0.05, 0.05), {"centre_hz": centre, "gust_hz": rate}
 
 
 GENERATORS = {name: globals()[name] for name in ALL_LABELS}

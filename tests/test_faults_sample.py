@@ -99,7 +99,7 @@ def test_a_foreign_or_malformed_manifest_in_out_is_refused_untouched(toy, tmp_pa
     (["--steps", "0"], "argument --steps: must be at least 1, got integer 0"),
     (["--duration", "0"], "argument --duration: must be greater than 0, got number 0.0"),
     (["--duration", "-1"], "argument --duration: must be greater than 0"),
-    (["--n", "0"], "argument --n: must be at least 1"),
+    (["--n", "0"], "argument --n/--n-per-prompt: must be at least 1"),
     (["--batch-size", "0"], "argument --batch-size: must be at least 1"),
     (["--strength", "1.5"], "argument --strength: must be at most 1"),
     (["--guidance-rescale", "-0.1"], "argument --guidance-rescale: must be at least 0"),

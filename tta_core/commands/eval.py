@@ -295,10 +295,11 @@ def _adherence(args: argparse.Namespace, recipe: Any, registry: Any) -> int:
 
 
 def _generate_per_label(args: argparse.Namespace, recipe: Any, registry: Any, by_label: dict, run_dir: Path,
-                        out: Path) -> set[str]:
+                        out: Path, part: Any = None, device: str | None = None) -> set[str]:
     """``--n-per-label`` clips per label from that label's training captions, written into ``out``
     as ``tta-run sample --overwrite`` writes them: the clips of this evaluation replace those of
-    an earlier one under the same names (the manifest keeps every earlier line). Their names."""
+    an earlier one under the same names (the manifest keeps every earlier line). Their names.
+    ``part``: this process's share under torchrun (each makes its batches; rank 0 the manifest)."""
     import torch
 
     from ..sampling import load_pipeline
@@ -311,16 +312,30 @@ def _generate_per_label(args: argparse.Namespace, recipe: Any, registry: Any, by
         pool = sorted({c for item in group for c in item.captions})
         for k in range(args.n_per_label):
             entries.append((f"{label}-{k}", pool[int(torch.randint(len(pool), (1,), generator=g))]))
-    pipe = load_pipeline(recipe, run_dir=run_dir, device=args.device, registry=registry,
+    pipe = load_pipeline(recipe, run_dir=run_dir, device=device, registry=registry,
                          adapters=getattr(args, "adapter", ()))
     st = pipe.settings(steps=args.steps, guidance=args.guidance, seed=args.seed, sampler=args.sampler)
     written = write_samples(pipe, entries, st, out, earlier, overwrite=True, progress=False,
-                            memory_check=not args.skip_memory_check)
-    print(written.summary(pipe, st))
+                            memory_check=not args.skip_memory_check, part=part)
+    if part is None or part.main:
+        print(written.summary(pipe, st) + (f"; made by {part.world} processes" if part is not None else ""))
     return {name for name, _ in entries}
 
 
 def _score_adherence(args: argparse.Namespace, recipe: Any, registry: Any) -> int:
+    from ..sampling import distributed
+
+    part, device = distributed.join(args.device)  # one of several processes (torchrun): its share of the clips
+    try:
+        code = _score_adherence_part(args, recipe, registry, part, device)
+    except BaseException:
+        distributed.leave(part, wait=False)  # the launcher stops the other processes
+        raise
+    distributed.leave(part)
+    return code
+
+
+def _score_adherence_part(args: argparse.Namespace, recipe: Any, registry: Any, part: Any, device: str | None) -> int:
     import dataclasses
 
     from ..eval.adherence import AdherenceClassifier, score, split_holdout
@@ -339,7 +354,9 @@ def _score_adherence(args: argparse.Namespace, recipe: Any, registry: Any) -> in
     if args.generated:
         folder, only = Path(args.generated), None  # every clip of --generated is scored
     else:
-        folder, only = out, _generate_per_label(args, recipe, registry, by_label, home, out)
+        folder, only = out, _generate_per_label(args, recipe, registry, by_label, home, out, part, device)
+    if part is not None and not part.main:
+        return 0  # rank 0 scores every clip
     gen_feats, gen_labels, problems = _generated(folder, captions, audio, only)
     report = score(clf, gen_feats, gen_labels, reference)
     print("\n".join(report.lines()))

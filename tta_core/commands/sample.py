@@ -30,7 +30,9 @@ def _args(p: argparse.ArgumentParser) -> None:
                       help="a file with one prompt per line, or FILENAME<TAB>PROMPT to name the output")
     what.add_argument("--negative", default=None, metavar="PROMPT",
                       help="negative prompt: replaces the unconditional half of guidance")
-    what.add_argument("--n", type=number(int, min=1), default=1, help="outputs per prompt (default 1)")
+    what.add_argument("--n", "--n-per-prompt", dest="n", type=number(int, min=1), default=1,
+                      help="outputs per prompt (default 1; under torchrun write --n-per-prompt, which torchrun "
+                           "does not take for an abbreviation of its own --nnodes/--nproc-per-node)")
     what.add_argument("--rerank", default=None, metavar="EMBEDDER",
                       help="keep only the best of the --n candidates of each prompt by text-audio similarity: "
                            "an embedder name (clap) or mapping '{type: clap, pretrained: FILE}' (default the "
@@ -237,7 +239,7 @@ def _row(pipe: Any, st: Any, file: str, stem: str, prompt: str, negative: str, s
 
 def write_samples(pipe: Any, entries: list[tuple[str | None, str]], st: Any, out: Path, earlier: list[dict], *,
                   n: int = 1, ranker: Any = None, overwrite: bool = False, audio_format: str = "wav", ema: bool = True,
-                  progress: Any = True, memory_check: bool = True) -> Written:
+                  progress: Any = True, memory_check: bool = True, part: Any = None) -> Written:
     """Generate ``n`` outputs per (name or None, prompt) of ``entries`` with the settings ``st``
     and write each into ``out`` as audio, a spectrogram PNG and a manifest line, batch by
     batch, as ``tta-run sample`` does: a name already in ``out`` (on disk or in ``earlier``,
@@ -245,17 +247,23 @@ def write_samples(pipe: Any, entries: list[tuple[str | None, str]], st: Any, out
     manifest is appended to. With a ``ranker`` only each prompt's best of its ``n`` is kept.
     ``memory_check``: refuse a batch estimated beyond the device's free memory first.
     ``progress``: a bar (True), none (False), or a function called after each step
-    (:meth:`tta_core.sampling.Pipeline.batches`)."""
+    (:meth:`tta_core.sampling.Pipeline.batches`). ``part``: this process's share under a
+    multi-process launch (:mod:`tta_core.sampling.distributed`): it writes the clips of its
+    batches, and rank 0 the manifest lines of all, in prompt order, at the end."""
+    if part is not None and ranker is not None and st.batch_size % n:
+        raise UsageError(f"reranking across processes needs each prompt's {n} candidates in one batch: give a batch "
+                         f"size that is a multiple of {n} (--batch-size {n * max(1, st.batch_size // n)})")
     ext, subtype = FORMATS[audio_format]
     stems = _names(entries, 1 if ranker else n)
     taken = set() if overwrite else {Path(row["file"]).stem for row in earlier}
     batches = pipe.batches([prompt for _, prompt in entries], n=n, settings=st, progress=progress,
-                           memory_check=memory_check)
+                           memory_check=memory_check, part=part)
     written = Written(0, 0, out / NAME)
     pending: dict = {}
+    held: list[tuple[int, dict]] = []  # (output index, manifest line), under a multi-process launch
     for batch in batches:
         out.mkdir(parents=True, exist_ok=True)
-        new = []
+        new, order = [], []
         for index, prompt, negative, wave, seed, b, record, level in _chosen(batch, ranker, n, pending,
                                                                             pipe.sample_rate):
             stem = stems[index] if overwrite else _free_stem(out, stems[index], (ext, "png"), taken)
@@ -263,9 +271,22 @@ def write_samples(pipe: Any, entries: list[tuple[str | None, str]], st: Any, out
             taken.add(stem)
             _write_outputs(out, stem, ext, subtype, wave, pipe.sample_rate, pipe.audio, prompt)
             new.append(_row(pipe, st, f"{stem}.{ext}", stem, prompt, negative, seed, b, record, level, ema))
-        append_rows(written.manifest, new)
+            order.append(index)
+        if part is None:
+            append_rows(written.manifest, new)
+        else:
+            held += zip(order, new)
         written.files += len(new)
         written.rows += new
+    if part is not None:
+        from ..sampling.distributed import gather
+
+        every = sorted(gather(held, part), key=lambda pair: pair[0])
+        if part.main:
+            out.mkdir(parents=True, exist_ok=True)
+            append_rows(written.manifest, [row for _, row in every])
+            written.files, written.rows = len(every), [row for _, row in every]
+        written.renamed = sum(gather([written.renamed], part))
     return written
 
 
@@ -297,7 +318,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from ..sampling import check_duration, load_pipeline
+    from ..sampling import check_duration, distributed
 
     entries = _entries(args)
     recipe = load_recipe(args)
@@ -307,22 +328,38 @@ def _generate(args: argparse.Namespace) -> int:
     earlier = _check_paths(args, run_dir, out)
     if args.duration is not None:
         check_duration(recipe.audio, args.duration)
-    pipe = load_pipeline(recipe, run_dir=run_dir, ckpt=args.ckpt, device=args.device,
+    part, device = distributed.join(args.device)  # one of several processes (torchrun): its share
+    try:
+        code = _write(args, entries, recipe, registry, run_dir, out, earlier, part, device)
+    except BaseException:
+        distributed.leave(part, wait=False)  # the launcher stops the other processes
+        raise
+    distributed.leave(part)
+    return code
+
+
+def _write(args: argparse.Namespace, entries: list, recipe: Any, registry: Any, run_dir: Path, out: Path,
+           earlier: list[dict], part: Any, device: str | None) -> int:
+    from ..sampling import load_pipeline
+
+    pipe = load_pipeline(recipe, run_dir=run_dir, ckpt=args.ckpt, device=device,
                          precision=args.precision, ema=not args.no_ema, registry=registry, adapters=args.adapter)
     ranker = None
     if args.rerank:
         from ..eval.rerank import ranker as make_ranker
 
-        ranker = make_ranker(args.rerank, registry, recipe=recipe, device=args.device)
+        ranker = make_ranker(args.rerank, registry, recipe=recipe, device=device)
     st = pipe.settings(steps=args.steps, guidance=args.guidance, guidance_rescale=args.guidance_rescale,
                        guidance_interval=args.guidance_interval, sampler=args.sampler, seed=args.seed,
                        duration=args.duration, batch_size=args.batch_size, negative=args.negative,
                        decode_steps=args.decode_steps, init_audio=args.init_audio, strength=args.strength,
                        keep=args.keep, extend=args.extend, audio_prompt=args.audio_prompt, loudness=args.loudness)
+    main = part is None or part.main
     written = write_samples(pipe, entries, st, out, earlier, n=args.n, ranker=ranker, overwrite=args.overwrite,
-                            audio_format=args.format, ema=not args.no_ema, progress=not args.no_progress,
-                            memory_check=not args.skip_memory_check)
-    print(written.summary(pipe, st))
+                            audio_format=args.format, ema=not args.no_ema, progress=main and not args.no_progress,
+                            memory_check=not args.skip_memory_check, part=part)
+    if main:
+        print(written.summary(pipe, st) + (f"; made by {part.world} processes" if part is not None else ""))
     return 0
 
 

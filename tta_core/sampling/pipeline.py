@@ -168,7 +168,7 @@ class Pipeline:
         return waves, self.sample_rate
 
     def batches(self, texts: Sequence[str], *, n: int = 1, progress: bool | StepCallback = False,
-                settings: SampleSettings | None = None, memory_check: bool = False,
+                settings: SampleSettings | None = None, memory_check: bool = False, part: Any = None,
                 **options: Any) -> Iterator[Batch]:
         """Generate ``n`` outputs per prompt, ``batch_size`` at a time; batch k draws its
         latent noise (and its sampler's noise) from ``torch.Generator("cpu").manual_seed(seed + k)``.
@@ -178,7 +178,9 @@ class Pipeline:
         conditioning replaces the unconditional half of guidance ("" or None:
         ``conditioner.null``), decode_steps (diffusion autoencoders). ``progress``: True for a
         bar (or log lines), or a function ``progress(step, steps, batch, batches)`` called after
-        each sampling step (step counting from 1, batch from 0). ``memory_check``: first
+        each sampling step (step counting from 1, batch from 0). ``part``: a
+        :class:`tta_core.sampling.distributed.Part`: only the batches that are this process's
+        (each with the seed it has in one process). ``memory_check``: first
         refuse a batch estimated to need more memory than the device has free
         (:meth:`check_memory`; a second or two, so ``tta-run sample`` does it and a loop of
         short generations need not).
@@ -204,6 +206,8 @@ class Pipeline:
         items = [(i, j) for i in range(len(texts)) for j in range(n)]
         total = math.ceil(len(items) / st.batch_size)
         for k, start in enumerate(range(0, len(items), st.batch_size)):
+            if part is not None and not part.mine(k):
+                continue
             chunk = items[start:start + st.batch_size]
             prompts = [texts[i] for i, _ in chunk]
             negs = [negatives[i] for i, _ in chunk]

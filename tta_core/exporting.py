@@ -67,7 +67,7 @@ def check_out(out: str | os.PathLike) -> Path:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file: name a folder that does not exist yet")
     if out.is_dir() and any(out.iterdir()):
-        raise UsageError(f"--out {out} exists and is not empty: export never overwrites; choose another folder")
+        raise UsageError(f"--out {out} exists and is not empty: nothing there is overwritten; choose another folder")
     return out
 
 

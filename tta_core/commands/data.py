@@ -65,9 +65,79 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="a new (or empty) folder: <split>-000000.tar, ... and index.json")
+    p.add_argument("--shard-size", type=number(int, min=1), default=1000, metavar="N",
+                   help="clips per shard (default 1000)")
+    p.add_argument("--split", action="append", default=[], metavar="NAME",
+                   help="only this split of the recipe's data: (repeatable; default every split)")
+    p.add_argument("--with-mel", action="store_true", help="also store each clip's log-mel (<key>.mel.npy)")
+    p.add_argument("--strict", action="store_true", help="fail (exit 1) when any item is bad, as prepare --strict")
+    p.add_argument("--workers", type=number(int, min=0), default=min(4, os.cpu_count() or 1),
+                   help="processes decoding audio while checking it (default: up to 4)")
+
+
+def _shard(args: argparse.Namespace) -> int:
+    import json
+    import logging
+
+    from ..data.prepare import build_splits, check_split
+    from ..data.shards import write_split
+    from ..errors import DataError
+    from ..exporting import check_out, write_folder
+    from ..progress import Progress
+
+    if not logging.getLogger("tta.data").handlers and not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
+    recipe = load_recipe(args)
+    out = check_out(args.out)
+    check_writable(out, "--out")
+    audio = recipe.audio
+    splits = build_splits(recipe, load_plugins(args).registry, audio)
+    unknown = [s for s in args.split if s not in splits]
+    if unknown:
+        raise UsageError(f"--split {', '.join(unknown)}: the recipe's data: has {', '.join(splits)}")
+    chosen = {name: items for name, items in splits.items() if not args.split or name in args.split}
+    checked = {}
+    for name, items in chosen.items():  # prepare's rules, before anything is written
+        report, usable = check_split(name, items, audio, None, max(0, args.workers))
+        for line in report.lines():
+            print(line)
+        if not usable:
+            raise DataError(f"nothing usable in {name}: every item was skipped (see the report above); nothing written")
+        checked[name] = (report, usable)
+    bad = sum(sum(r.skipped.values()) for r, _ in checked.values())
+    if bad and (args.strict or audio.on_bad_item == "fail"):
+        why = "--strict" if args.strict else "audio.on_bad_item is 'fail'"
+        raise DataError(f"{bad} bad item(s) and {why}; fix or remove them (listed above); nothing written")
+
+    def write(work: Path) -> dict:
+        index = {"format": "webdataset", "members": ["flac", "json"] + (["mel.npy"] if args.with_mel else []),
+                 "audio": audio.to_dict(), "recipe": recipe.name, "splits": {}}
+        for name, (report, usable) in checked.items():
+            with Progress(len(usable), f"shard {name}", "clips") as bar:
+                written = write_split(name, usable, audio, work, args.shard_size, with_mel=args.with_mel,
+                                      progress=bar.update)
+            index["splits"][name] = {"items": written.items, "bytes": written.bytes, "shards": written.shards,
+                                     "report": report.to_dict()}
+        (work / "index.json").write_text(json.dumps(index, indent=2))
+        return index
+
+    index = write_folder(out, write)
+    for name, split in index["splits"].items():
+        print(f"{name}: {split['items']} clips in {len(split['shards'])} shard(s), {split['bytes'] / 1e6:.1f} MB: "
+              f"{out}/{split['shards'][0]['file']}" + (f" ... {split['shards'][-1]['file']}"
+                                                     if len(split['shards']) > 1 else ""))
+    print(f"index: {out / 'index.json'}")
+    return 0
+
+
 COMMANDS = [
     Command("synth", "write a synthetic captioned dataset (sounds or birds) with a jsonl manifest", _synth,
             _synth_args),
     Verb("prepare", "check the recipe's datasets (report kept / skipped by reason) and build the mel cache", _prepare,
          _prepare_args),
+    Verb("shard", "write the recipe's datasets as WebDataset tar shards (FLAC + JSON captions), checked as prepare "
+         "checks them", _shard, _shard_args),
 ]

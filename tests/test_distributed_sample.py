@@ -79,3 +79,38 @@ def test_eval_adherence_split_across_two_processes_scores_the_clips_one_makes(ti
     assert two == one
     for row in map(json.loads, one):
         assert (tmp_path / "two" / row["file"]).read_bytes() == (tmp_path / "one" / row["file"]).read_bytes()
+
+
+@pytest.mark.slow
+def test_prepare_under_two_processes_builds_the_cache_one_process_builds(sets, tmp_path):
+    """Each process decodes every other block of clips and writes its shards; rank 0 writes
+    the index: the same shards (byte for byte), index and report as one process, bad files
+    counted once."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(sets / "a", data)
+    (data / "audio" / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 30)
+    with open(data / "manifest.jsonl", "a") as f:
+        f.write(json.dumps({"audio": "audio/broken.wav", "caption": "broken"}) + "\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"base: {RECIPE}\nname: prepared\ndata:\n  train: {{type: jsonl, manifest: {data / 'manifest.jsonl'}}}\n")
+    outputs = {}
+    for name, launcher in (("one", [sys.executable]), ("two", TORCHRUN)):
+        cmd = [*launcher, "-m", "tta_core.cli", str(recipe), "prepare", "--run-dir", str(tmp_path / name),
+               "--workers", "0", "--cache-shard-size", "3"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600, cwd=REPO)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        outputs[name] = proc.stdout
+    assert outputs["two"].count("17 rows, 16 usable, 1 skipped") == 1 and "16 computed" in outputs["two"]
+    [one] = (tmp_path / "one" / "cache").glob("mel-*")
+    two = tmp_path / "two" / "cache" / one.name
+    files = sorted(p.name for p in one.iterdir())
+    assert files == sorted(p.name for p in two.iterdir()) and len([f for f in files if f.startswith("shard-")]) == 6
+    for f in files:
+        assert (two / f).read_bytes() == (one / f).read_bytes(), f
+    assert (tmp_path / "two" / "cache" / "report.json").read_text() == (tmp_path / "one" / "cache" / "report.json").read_text()
+    # and again: every clip is reused, in one process or two
+    proc = subprocess.run([*TORCHRUN, "-m", "tta_core.cli", str(recipe), "prepare", "--run-dir", str(tmp_path / "two"),
+                           "--workers", "0"], capture_output=True, text=True, env=_env(), timeout=600, cwd=REPO)
+    assert proc.returncode == 0 and "0 computed, 16 reused" in proc.stdout, proc.stdout + proc.stderr

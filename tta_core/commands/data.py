@@ -50,6 +50,8 @@ def _prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=number(int, min=0), default=min(4, os.cpu_count() or 1),
                    help="processes decoding audio (default: up to 4; 0 decodes in this process)")
     p.add_argument("--no-cache", action="store_true", help="only check the data; build no mel cache")
+    p.add_argument("--cache-shard-size", type=number(int, min=1), default=256, metavar="N",
+                   help="clips to a cache shard file (default 256); under torchrun each process writes whole shards")
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -59,9 +61,17 @@ def _prepare(args: argparse.Namespace) -> int:
 
     if not logging.getLogger("tta.data").handlers and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
+    from .. import distributed
+
     recipe = load_recipe(args)
-    prepare(recipe, load_plugins(args).registry, run_dir(args, recipe), workers=max(0, args.workers),
-            strict=args.strict, cache=not args.no_cache)
+    part, _ = distributed.join("cpu")  # under torchrun: each process decodes its share (gloo: CPU work)
+    try:
+        prepare(recipe, load_plugins(args).registry, run_dir(args, recipe), workers=max(0, args.workers),
+                strict=args.strict, cache=not args.no_cache, part=part, shard_size=args.cache_shard_size)
+    except BaseException:
+        distributed.leave(part, wait=False)
+        raise
+    distributed.leave(part)
     return 0
 
 

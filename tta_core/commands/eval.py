@@ -323,7 +323,7 @@ def _generate_per_label(args: argparse.Namespace, recipe: Any, registry: Any, by
 
 
 def _score_adherence(args: argparse.Namespace, recipe: Any, registry: Any) -> int:
-    from ..sampling import distributed
+    from .. import distributed
 
     part, device = distributed.join(args.device)  # one of several processes (torchrun): its share of the clips
     try:

@@ -248,7 +248,7 @@ def write_samples(pipe: Any, entries: list[tuple[str | None, str]], st: Any, out
     ``memory_check``: refuse a batch estimated beyond the device's free memory first.
     ``progress``: a bar (True), none (False), or a function called after each step
     (:meth:`tta_core.sampling.Pipeline.batches`). ``part``: this process's share under a
-    multi-process launch (:mod:`tta_core.sampling.distributed`): it writes the clips of its
+    multi-process launch (:mod:`tta_core.distributed`): it writes the clips of its
     batches, and rank 0 the manifest lines of all, in prompt order, at the end."""
     if part is not None and ranker is not None and st.batch_size % n:
         raise UsageError(f"reranking across processes needs each prompt's {n} candidates in one batch: give a batch "
@@ -279,7 +279,7 @@ def write_samples(pipe: Any, entries: list[tuple[str | None, str]], st: Any, out
         written.files += len(new)
         written.rows += new
     if part is not None:
-        from ..sampling.distributed import gather
+        from ..distributed import gather
 
         every = sorted(gather(held, part), key=lambda pair: pair[0])
         if part.main:
@@ -318,7 +318,8 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from ..sampling import check_duration, distributed
+    from .. import distributed
+    from ..sampling import check_duration
 
     entries = _entries(args)
     recipe = load_recipe(args)

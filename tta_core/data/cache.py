@@ -283,30 +283,58 @@ class FeatureCache:
     # -- writing ---------------------------------------------------------------------------
     def put(self, key: str, array: np.ndarray, **info: Any) -> None:
         """Stage one array (written with the next full shard, or by :meth:`flush`)."""
-        self._pending[key] = (np.ascontiguousarray(array), info)
+        self.stage(key, array, **info)
         if len(self._pending) >= self.shard_size:
             self.flush()
 
+    def stage(self, key: str, array: np.ndarray, **info: Any) -> None:
+        """Stage one array for the next :meth:`flush` or :meth:`write_shard`, however many are staged."""
+        self._pending[key] = (np.ascontiguousarray(array), info)
+
+    @property
+    def staged(self) -> int:
+        return len(self._pending)
+
+    def next_shard(self) -> int:
+        """The number the next shard written gets (the first free one)."""
+        n = len(list(self.dir.glob("shard-*.safetensors")))
+        while (self.dir / f"shard-{n:05d}.safetensors").exists():
+            n += 1
+        return n
+
     def flush(self) -> None:
+        """Write what :meth:`put` staged as the next shard, and the index."""
         if not self._pending:
             return
+        self.merge([self.write_shard(self.next_shard())])
+
+    def write_shard(self, number: int) -> tuple[str, dict, dict]:
+        """Write the staged arrays as ``shard-<number>``, leaving the index as it is (so that
+        several processes can each write shards that one of them then indexes: :meth:`merge`).
+        Returns (file name, its record, key -> entry)."""
         from safetensors.numpy import save
 
         self.dir.mkdir(parents=True, exist_ok=True)
         settings = self.dir / "settings.json"
         if not settings.exists():
             atomic_write(settings, json.dumps(self.settings, indent=2, sort_keys=True, default=str))
-        n = len(list(self.dir.glob("shard-*.safetensors")))
-        while (self.dir / f"shard-{n:05d}.safetensors").exists():
-            n += 1
-        name = f"shard-{n:05d}.safetensors"
+        name = f"shard-{number:05d}.safetensors"
         data = save({k: a for k, (a, _) in self._pending.items()})
         atomic_write(self.dir / name, data)
+        entries = {k: {"shard": name, **info} for k, (_, info) in self._pending.items()}
+        self._pending = {}
+        return name, {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}, entries
+
+    def merge(self, shards: Iterable[tuple[str, dict, dict]], write: bool = True) -> None:
+        """Add written shards (:meth:`write_shard`'s results, in order) to the index, and
+        write it (``write``; one process does, where several wrote shards)."""
         index = dict(self.index)
-        index.update({k: {"shard": name, **info} for k, (_, info) in self._pending.items()})
-        self._index, self._pending = index, {}
-        self._shards[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        self._write_index()
+        for name, record, entries in shards:
+            index.update(entries)
+            self._shards[name] = record
+        self._index = index
+        if write:
+            self._write_index()
 
     def _write_index(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -320,10 +348,11 @@ class FeatureCache:
         return len(set(self.index) - live)
 
 
-def mel_cache(root: str | os.PathLike, audio) -> FeatureCache:
+def mel_cache(root: str | os.PathLike, audio, shard_size: int = 256) -> FeatureCache:
     """The mel cache of an :class:`~tta_core.data.config.AudioConfig` under ``root``; keys are
-    :func:`fingerprint` of the audio file. ``tta-run RECIPE prepare`` fills and repairs it."""
-    return FeatureCache(root, "mel", audio.cache_settings())
+    :func:`fingerprint` of the audio file. ``tta-run RECIPE prepare`` fills and repairs it,
+    ``shard_size`` clips to a shard file."""
+    return FeatureCache(root, "mel", audio.cache_settings(), shard_size=shard_size)
 
 
 def latent_cache(root: str | os.PathLike, audio, autoencoder: str) -> FeatureCache:

@@ -94,9 +94,14 @@ def _identity(x):
 
 def check_split(name: str, items: ItemSet, audio: AudioConfig, cache: FeatureCache | None,
                 workers: int = 0, rebuild: frozenset[str] = frozenset(),
-                progress_every: float | None = None) -> tuple[SplitReport, list[Item]]:
+                progress_every: float | None = None, part=None) -> tuple[SplitReport, list[Item]]:
     """Judge every item of one split; fill ``cache``. Returns the report and the usable items.
-    ``rebuild``: keys whose entries were dropped as damaged (counted as rebuilt, not computed)."""
+    ``rebuild``: keys whose entries were dropped as damaged (counted as rebuilt, not computed).
+
+    The files to decode are taken in blocks of the cache's shard size, each block one shard.
+    ``part`` (:class:`tta_core.distributed.Part`, under torchrun): this process
+    decodes every world-th block and writes its shards; the results are shared, and rank 0
+    writes the one index: the same cache, shard for shard, as one process builds."""
     report = SplitReport(name, items.source, items.rows, skipped=Counter(items.skipped),
                          skipped_where={k: list(v) for k, v in items.skipped_where.items()})
     keys: dict[int, str] = {}
@@ -113,21 +118,7 @@ def check_split(name: str, items: ItemSet, audio: AudioConfig, cache: FeatureCac
         else:
             todo.append(i)
     if todo:
-        import torch
-
-        probe = _Probe([items[i] for i in todo], audio, with_mel=cache is not None)
-        loader = torch.utils.data.DataLoader(probe, batch_size=None, num_workers=workers, collate_fn=_identity,
-                                             timeout=300 if workers else 0)
-        with Progress(len(todo), f"prepare {name}", "files", every=progress_every) as bar:
-            for out in loader:
-                i = todo[out["i"]]
-                out["i"] = i
-                results[i] = out
-                if cache is not None and "mel" in out:
-                    cache.put(keys[i], out.pop("mel"), samples=out["samples"], fixes=out["fixes"])
-                bar.update()
-        if cache is not None:
-            cache.flush()
+        results.update(_decode(name, items, todo, keys, audio, cache, workers, progress_every, part))
     usable = []
     for i, item in enumerate(items):
         out = results[i]
@@ -151,6 +142,54 @@ def check_split(name: str, items: ItemSet, audio: AudioConfig, cache: FeatureCac
             report.computed += 1
     report.kept = len(usable)
     return report, usable
+
+
+def _decode(name: str, items: ItemSet, todo: list[int], keys: dict[int, str], audio: AudioConfig,
+            cache: FeatureCache | None, workers: int, progress_every: float | None, part) -> dict[int, dict]:
+    """Decode the items ``todo`` names (this process's blocks of them, under ``part``), putting
+    each block's mels into the cache as one shard; every item's result, from all processes."""
+    import torch
+
+    size = cache.shard_size if cache is not None else 256
+    blocks = [todo[k:k + size] for k in range(0, len(todo), size)]
+    mine = [k for k in range(len(blocks)) if part is None or part.mine(k)]
+    first = cache.next_shard() if cache is not None else 0
+    if part is not None:
+        from ..distributed import barrier
+
+        barrier()  # every process has read the first free shard number before any writes one
+    order = [i for k in mine for i in blocks[k]]
+    ends = {blocks[k][-1]: k for k in mine}
+    results: dict[int, dict] = {}
+    written = []
+    probe = _Probe([items[i] for i in order], audio, with_mel=cache is not None)
+    loader = torch.utils.data.DataLoader(probe, batch_size=None, num_workers=workers, collate_fn=_identity,
+                                         timeout=300 if workers else 0)
+    with Progress(len(order), f"prepare {name}", "files", every=progress_every,
+                  disable=part is not None and not part.main) as bar:
+        for out in loader:
+            i = order[out["i"]]
+            out["i"] = i
+            results[i] = out
+            if cache is not None and "mel" in out:
+                cache.stage(keys[i], out.pop("mel"), samples=out["samples"], fixes=out["fixes"])
+            if cache is not None and i in ends and cache.staged:
+                shard = cache.write_shard(first + ends[i])
+                if part is None:
+                    cache.merge([shard])  # indexed at once: an interrupted prepare keeps what it made
+                else:
+                    written.append(shard)
+            bar.update()
+    if part is not None:
+        from ..distributed import all_gather
+
+        shared = all_gather((results, written), part)
+        results = {i: r for chunk, _ in shared for i, r in chunk.items()}
+        written = sorted((w for _, chunk in shared for w in chunk), key=lambda w: w[0])
+    if cache is not None and part is not None:
+        cache.merge(written, write=part.main)
+        barrier()  # the index is written
+    return results
 
 
 def read_split(name: str, node, registry, **injected) -> ItemSet:
@@ -193,27 +232,38 @@ def _repair(store: FeatureCache, echo: Callable[[str], None]) -> frozenset[str]:
 
 def prepare(recipe, registry, run_dir: Path | None = None, *, workers: int = 0, strict: bool = False,
             cache: bool = True, echo: Callable[[str], None] = print,
-            progress_every: float | None = None) -> list[SplitReport]:
+            progress_every: float | None = None, part=None, shard_size: int = 256) -> list[SplitReport]:
     """Check every split of ``recipe`` and build (or repair) the mel cache under ``run_dir/cache``
-    (default: the recipe's run directory, where ``train`` reads it)."""
+    (default: the recipe's run directory, where ``train`` reads it). ``part``: this process's
+    share under torchrun (:func:`check_split`); rank 0 repairs, reports and writes the index.
+    ``shard_size``: clips to a cache shard file."""
+    main = part is None or part.main
+    say = echo if main else (lambda line: None)
     audio = recipe.audio
     splits = build_splits(recipe, registry, audio)
     root = Path(recipe.run_dir if run_dir is None else run_dir) / "cache"
-    store = mel_cache(root, audio) if cache else None
-    rebuild = _repair(store, echo) if store is not None else frozenset()
+    store = mel_cache(root, audio, shard_size) if cache else None
+    rebuild = _repair(store, say) if store is not None and main else frozenset()
+    if part is not None:
+        from ..distributed import all_gather
+
+        rebuild = frozenset().union(*all_gather(rebuild, part))  # what rank 0 dropped, for every report
+        if store is not None:
+            store.reload()
     reports = []
     for name, items in splits.items():
-        report, _ = check_split(name, items, audio, store, workers, rebuild, progress_every)
+        report, _ = check_split(name, items, audio, store, workers, rebuild, progress_every, part)
         reports.append(report)
         for line in report.lines():
-            echo(line)
+            say(line)
     if store is not None:
         live = {fingerprint(i.audio) for s in splits.values() for i in s if i.audio.is_file()}
         unused = store.unused(live)
-        echo(f"mel cache: {store.dir} ({len(store)} entries" + (f", {unused} unused" if unused else "") + ")")
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write(root / "report.json", json.dumps({"audio": audio.to_dict(), "splits": [r.to_dict() for r in reports]},
-                                                  indent=2))
+        say(f"mel cache: {store.dir} ({len(store)} entries" + (f", {unused} unused" if unused else "") + ")")
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write(root / "report.json", json.dumps({"audio": audio.to_dict(),
+                                                       "splits": [r.to_dict() for r in reports]}, indent=2))
     empty = [r.name for r in reports if r.kept == 0]
     if empty:
         raise DataError(f"nothing usable in {', '.join(empty)}: every item was skipped (see the report above)")

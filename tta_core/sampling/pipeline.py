@@ -179,7 +179,7 @@ class Pipeline:
         ``conditioner.null``), decode_steps (diffusion autoencoders). ``progress``: True for a
         bar (or log lines), or a function ``progress(step, steps, batch, batches)`` called after
         each sampling step (step counting from 1, batch from 0). ``part``: a
-        :class:`tta_core.sampling.distributed.Part`: only the batches that are this process's
+        :class:`tta_core.distributed.Part`: only the batches that are this process's
         (each with the seed it has in one process). ``memory_check``: first
         refuse a batch estimated to need more memory than the device has free
         (:meth:`check_memory`; a second or two, so ``tta-run sample`` does it and a loop of

@@ -1,11 +1,14 @@
-"""Generation split across the processes torchrun (or accelerate launch) starts::
+"""Work split across the processes torchrun (or accelerate launch) starts, for the commands
+that are not training (training goes through accelerate: tta_core.training.engine)::
 
     torchrun --nproc_per_node 4 -m tta_core.cli RECIPE sample --prompts prompts.txt --out out/
+    torchrun --nproc_per_node 4 -m tta_core.cli RECIPE prepare
 
-Each process (rank) makes every world-th batch (batch k on rank k mod world), with the seed
-batch k has in one process (seed + k), so every clip is the clip one process makes; rank 0
-writes the one manifest, in prompt order, once all ranks are done. The process group is
-torch.distributed's (nccl on GPUs, gloo on CPUs): nothing home-made.
+Work is cut into blocks numbered as one process numbers them (sampling batches, blocks of
+clips to decode); block k is rank k mod world's (:meth:`Part.mine`), done exactly as one
+process does it, and rank 0 writes what there is one of (a manifest, a cache index) once
+every rank is done. The process group is torch.distributed's (nccl on GPUs, gloo on CPUs):
+nothing home-made.
 """
 
 from __future__ import annotations
@@ -63,6 +66,22 @@ def gather(values: list[Any], part: Part) -> list[Any]:
     out: list[Any] | None = [None] * part.world if part.main else None
     dist.gather_object(values, out, dst=0)
     return [v for chunk in out for v in chunk] if part.main else []
+
+
+def all_gather(value: Any, part: Part) -> list[Any]:
+    """``value`` from every rank, in rank order, on every rank."""
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * part.world
+    dist.all_gather_object(out, value)
+    return out
+
+
+def barrier() -> None:
+    """Wait here until every rank arrives."""
+    import torch.distributed as dist
+
+    dist.barrier()
 
 
 def leave(part: Part | None, wait: bool = True) -> None:

@@ -114,3 +114,41 @@ def test_prepare_under_two_processes_builds_the_cache_one_process_builds(sets, t
     proc = subprocess.run([*TORCHRUN, "-m", "tta_core.cli", str(recipe), "prepare", "--run-dir", str(tmp_path / "two"),
                            "--workers", "0"], capture_output=True, text=True, env=_env(), timeout=600, cwd=REPO)
     assert proc.returncode == 0 and "0 computed, 16 reused" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_a_stage_under_two_processes_fills_the_latent_and_text_caches_one_process_fills(tiny_run, tmp_path):
+    """The latent-diffusion stage's caches, filled by two processes (each encoding every
+    other block of clips and captions), are those one process fills, shard for shard."""
+    import shutil
+
+    args, root = tiny_run
+    args = [a for a in args if a != "--no-progress"]
+    i = args.index("--run-dir")
+    args = args[:i] + args[i + 2:]
+    # the quickstart with a third stage that trains the U-Net alone: its text encoder is frozen,
+    # so its captions are cached too
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.read_text().replace("\nsample:", """
+  - name: ft
+    objective: {type: latent_diffusion, cache_shard_size: 4}
+    trains: [unet]
+    frozen: [vae, text]
+    max_steps: 1
+    batch_size: 4
+\nsample:""", 1))
+    for name in ("one", "two"):
+        shutil.copytree(root / "run", tmp_path / name, ignore=shutil.ignore_patterns("latent-*", "text-*"))
+    for name, launcher in (("one", [sys.executable]), ("two", TORCHRUN)):
+        cmd = [*launcher, "-m", "tta_core.cli", str(recipe), "train", *args, "--run-dir", str(tmp_path / name),
+               "--stage", "ft", "--device", "cpu", "--no-progress"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600, cwd=REPO)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for kind in ("latent", "text"):
+        [one] = (tmp_path / "one" / "cache").glob(f"{kind}-*")
+        two = tmp_path / "two" / "cache" / one.name
+        files = sorted(p.name for p in one.iterdir())
+        assert files == sorted(p.name for p in two.iterdir()), kind
+        assert len([f for f in files if f.startswith("shard-")]) >= 2, (kind, files)  # both processes wrote some
+        for f in files:
+            assert (two / f).read_bytes() == (one / f).read_bytes(), (kind, f)

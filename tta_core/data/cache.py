@@ -355,15 +355,15 @@ def mel_cache(root: str | os.PathLike, audio, shard_size: int = 256) -> FeatureC
     return FeatureCache(root, "mel", audio.cache_settings(), shard_size=shard_size)
 
 
-def latent_cache(root: str | os.PathLike, audio, autoencoder: str) -> FeatureCache:
+def latent_cache(root: str | os.PathLike, audio, autoencoder: str, shard_size: int = 256) -> FeatureCache:
     """Latents of the clips' mels (or waves) under one autoencoder; ``autoencoder`` is a digest
     of its weights, so retraining it starts a new cache. Keys are :func:`fingerprint` of the
     audio file, as in the mel cache. The stage that trains on it fills and repairs it."""
     return FeatureCache(root, "latent", {"audio": audio.cache_settings(), "autoencoder": autoencoder},
-                        rebuilt_by="train")
+                        shard_size=shard_size, rebuilt_by="train")
 
 
-def text_cache(root: str | os.PathLike, conditioner: str) -> FeatureCache:
+def text_cache(root: str | os.PathLike, conditioner: str, shard_size: int = 256) -> FeatureCache:
     """Text embeddings under one conditioner (``conditioner``: a digest of its weights and
     settings); keys are :func:`text_key` of the caption."""
-    return FeatureCache(root, "text", {"conditioner": conditioner}, rebuilt_by="train")
+    return FeatureCache(root, "text", {"conditioner": conditioner}, shard_size=shard_size, rebuilt_by="train")

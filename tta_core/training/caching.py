@@ -2,7 +2,8 @@
 frozen conditioner, so that a step costs only the denoiser's forward and backward.
 
 The caches live in the run's ``cache/`` folder beside the mel cache (``data/cache.py`` has the
-layout) and are filled once, at the start of the stage, by the main process:
+layout) and are filled once, at the start of the stage (under torchrun each process encodes its share of
+the shards and rank 0 writes the index):
 
 - **latents**: the whole clip is encoded once; a training example is a crop of that latent
   starting on a latent frame (every ``r`` mel frames, or every ``r`` samples for a waveform
@@ -86,15 +87,50 @@ def _autoencoder_input(item: Item, audio: Any, domain: str, mels: FeatureCache |
     return wave if wave.ndim == 2 else wave[None]
 
 
+def _blocks(todo: list, size: int, part: Any) -> tuple[list[list], list[int]]:
+    """``todo`` in blocks of ``size``, each one cache shard, and the numbers of the blocks
+    this process fills (all of them in one process; every world-th under ``part``)."""
+    blocks = [todo[k:k + size] for k in range(0, len(todo), size)]
+    return blocks, [k for k in range(len(blocks)) if part is None or part.mine(k)]
+
+
+def _written(cache: FeatureCache, first: int, k: int, shards: list, part: Any) -> None:
+    """Write what block ``k`` staged as shard ``first + k``: indexed at once in one process,
+    kept for rank 0 to index under ``part``."""
+    if not cache.staged:
+        return
+    shard = cache.write_shard(first + k)
+    if part is None:
+        cache.merge([shard])
+    else:
+        shards.append(shard)
+
+
+def _shared(cache: FeatureCache, shards: list, counts: dict[str, int], part: Any) -> dict[str, int]:
+    """Under ``part``: every process's shards indexed (by rank 0) and its counts summed."""
+    if part is None:
+        return counts
+    from ..distributed import all_gather, barrier
+
+    every = all_gather((shards, counts), part)
+    cache.merge(sorted((w for chunk, _ in every for w in chunk), key=lambda w: w[0]), write=part.main)
+    barrier()  # the index is written
+    return {k: sum(c[k] for _, c in every) for k in counts}
+
+
 @torch.no_grad()
 def fill_latent_cache(cache: FeatureCache, autoencoder: Any, items: Sequence[Item], audio: Any, *,
                       device: Any, mels: FeatureCache | None = None, batch_size: int = 16,
-                      progress: bool = True) -> dict[str, int]:
+                      progress: bool = True, part: Any = None) -> dict[str, int]:
     """Encode every item not yet in ``cache``; returns counts (encoded, reused, bad).
-    ``progress``: report the encoding (a bar on a terminal, periodic lines elsewhere)."""
+    ``progress``: report the encoding (a bar on a terminal, periodic lines elsewhere).
+
+    The items to encode go in blocks of half the cache's shard size (a latent and its
+    standard deviation each), one shard per block, batched by shape within a block.
+    ``part`` (:class:`tta_core.distributed.Part`): this process encodes every world-th block;
+    rank 0 indexes every shard: the cache one process fills."""
     domain = getattr(autoencoder, "domain", "mel")
     moments = hasattr(autoencoder, "encode_moments")
-    todo: dict[tuple, list[tuple[str, torch.Tensor, int]]] = {}
     counts = {"encoded": 0, "reused": 0, "bad": 0}
 
     def run(group: list[tuple[str, torch.Tensor, int]]) -> None:
@@ -105,8 +141,8 @@ def fill_latent_cache(cache: FeatureCache, autoencoder: Any, items: Sequence[Ite
             mean, std = autoencoder.encode(x), None
         for i, (key, _, samples) in enumerate(group):
             if std is not None:  # before the mean: a present mean implies a present std
-                cache.put(key + ".std", std[i].float().cpu().numpy())
-            cache.put(key, mean[i].float().cpu().numpy(), samples=samples)
+                cache.stage(key + ".std", std[i].float().cpu().numpy())
+            cache.stage(key, mean[i].float().cpu().numpy(), samples=samples)
         counts["encoded"] += len(group)
 
     keyed = []
@@ -114,30 +150,38 @@ def fill_latent_cache(cache: FeatureCache, autoencoder: Any, items: Sequence[Ite
         try:
             key = fingerprint(item.audio)
         except OSError:
-            counts["bad"] += 1
+            counts["bad"] += 1 if part is None or part.main else 0
             continue
         if key in cache:
-            counts["reused"] += 1
+            counts["reused"] += 1 if part is None or part.main else 0
         else:
             keyed.append((item, key))
-    with Progress(len(keyed), "latent cache", "clips", disable=not progress or not keyed) as bar:
-        for item, key in keyed:
-            bar.update()
-            try:
-                x = _autoencoder_input(item, audio, domain, mels, key)
-            except BadAudio as exc:
-                log.warning("latent cache: skipped %s: %s", item.audio, exc.reason)
-                counts["bad"] += 1
-                continue
-            samples = x.shape[-1] if domain != "mel" else x.shape[-2] * audio.mel.hop
-            group = todo.setdefault(tuple(x.shape), [])
-            group.append((key, x, samples))
-            if len(group) >= batch_size:
-                run(todo.pop(tuple(x.shape)))
-        for group in todo.values():
-            run(group)
-    cache.flush()
-    return counts
+    blocks, mine = _blocks(keyed, max(1, cache.shard_size // 2), part)
+    first, shards = cache.next_shard(), []
+    if part is not None:
+        from ..distributed import barrier
+
+        barrier()  # every process has read the first free shard number before any writes one
+    with Progress(sum(len(blocks[k]) for k in mine), "latent cache", "clips", disable=not progress or not keyed) as bar:
+        for k in mine:
+            todo: dict[tuple, list[tuple[str, torch.Tensor, int]]] = {}
+            for item, key in blocks[k]:
+                bar.update()
+                try:
+                    x = _autoencoder_input(item, audio, domain, mels, key)
+                except BadAudio as exc:
+                    log.warning("latent cache: skipped %s: %s", item.audio, exc.reason)
+                    counts["bad"] += 1
+                    continue
+                samples = x.shape[-1] if domain != "mel" else x.shape[-2] * audio.mel.hop
+                group = todo.setdefault(tuple(x.shape), [])
+                group.append((key, x, samples))
+                if len(group) >= batch_size:
+                    run(todo.pop(tuple(x.shape)))
+            for group in todo.values():
+                run(group)
+            _written(cache, first, k, shards, part)
+    return _shared(cache, shards, counts, part)
 
 
 # -- text ------------------------------------------------------------------------------------
@@ -145,27 +189,30 @@ def fill_latent_cache(cache: FeatureCache, autoencoder: Any, items: Sequence[Ite
 
 def _store_text(cache: FeatureCache, key: str, cond: Conditioning, i: int) -> None:
     if cond.pooled is not None and cond.tokens is not None:
-        cache.put(key + ".pooled", cond.pooled[i].float().cpu().numpy())
+        cache.stage(key + ".pooled", cond.pooled[i].float().cpu().numpy())
     if cond.tokens is None:
-        cache.put(key, cond.pooled[i].float().cpu().numpy(), parts="pooled")
+        cache.stage(key, cond.pooled[i].float().cpu().numpy(), parts="pooled")
         return
     tokens = cond.tokens[i]
     if cond.mask is None:
-        cache.put(key, tokens.float().cpu().numpy(), parts="tokens")
+        cache.stage(key, tokens.float().cpu().numpy(), parts="tokens")
         return
     mask = cond.mask[i].bool()
     n = int(mask.sum())
     if bool(mask[:n].all()):  # padding at the end: keep the real tokens only
-        cache.put(key, tokens[:n].float().cpu().numpy(), parts="tokens")
+        cache.stage(key, tokens[:n].float().cpu().numpy(), parts="tokens")
     else:
-        cache.put(key + ".mask", mask.cpu().numpy().astype(np.uint8))
-        cache.put(key, tokens.float().cpu().numpy(), parts="tokens", masked=True)
+        cache.stage(key + ".mask", mask.cpu().numpy().astype(np.uint8))
+        cache.stage(key, tokens.float().cpu().numpy(), parts="tokens", masked=True)
 
 
 @torch.no_grad()
 def fill_text_cache(cache: FeatureCache, conditioner: Any, captions: Iterable[str], *,
-                    batch_size: int = 64, progress: bool = True) -> dict[str, int]:
-    """Encode every caption not yet in ``cache``; returns counts (encoded, reused)."""
+                    batch_size: int = 64, progress: bool = True, part: Any = None) -> dict[str, int]:
+    """Encode every caption not yet in ``cache``; returns counts (encoded, reused). Captions
+    go in blocks of ``batch_size`` (at most a third of the shard size: a caption stores up to
+    three arrays), one encoding and one shard each; ``part``: as
+    :func:`fill_latent_cache`."""
     todo, reused, seen = [], 0, set()
     for text in captions:
         key = text_key(text)
@@ -176,15 +223,25 @@ def fill_text_cache(cache: FeatureCache, conditioner: Any, captions: Iterable[st
             reused += 1
         else:
             todo.append(text)
-    with Progress(len(todo), "text cache", "captions", disable=not progress or not todo) as bar:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
+    blocks, mine = _blocks(todo, batch_size, part)
+    first, shards = cache.next_shard(), []
+    if part is not None:
+        from ..distributed import barrier
+
+        barrier()
+    encoded = 0
+    with Progress(sum(len(blocks[k]) for k in mine), "text cache", "captions",
+                  disable=not progress or not todo) as bar:
+        for k in mine:
+            chunk = blocks[k]
             cond = conditioner.encode_text(chunk)
             for i, text in enumerate(chunk):
                 _store_text(cache, text_key(text), cond, i)
+            encoded += len(chunk)
+            _written(cache, first, k, shards, part)
             bar.update(len(chunk))
-    cache.flush()
-    return {"encoded": len(todo), "reused": reused}
+    counts = _shared(cache, shards, {"encoded": encoded, "reused": reused if part is None or part.main else 0}, part)
+    return counts
 
 
 def cached_conditioning(cache: FeatureCache, text: str) -> Conditioning:
@@ -272,8 +329,9 @@ def _repaired(cache: FeatureCache) -> FeatureCache:
     return cache
 
 
-def build_caches(ctx: Any, autoencoder: Any, conditioner: Any | None, items: Sequence[Item]) -> dict:
-    """Fill (main process) and open (every process) the latent cache and, when
+def build_caches(ctx: Any, autoencoder: Any, conditioner: Any | None, items: Sequence[Item],
+                 shard_size: int = 256) -> dict:
+    """Fill (every process its share of the shards, rank 0 the index) and open the latent cache and, when
     ``conditioner`` is given, the text cache. Returns {"latents", "texts", "stride"}; latents
     is None when the autoencoder's latent grid does not tile the training window. Damaged
     shards of these caches are rebuilt; a damaged mel cache stops the stage (it is
@@ -288,27 +346,41 @@ def build_caches(ctx: Any, autoencoder: Any, conditioner: Any | None, items: Seq
         log.info("latent cache off: the training window is not a whole number of latent frames")
     else:
         name = ctx.roles["autoencoder"]
-        latents = latent_cache(root, ctx.audio, component_digest(recipe_nodes[name], autoencoder))
+        latents = latent_cache(root, ctx.audio, component_digest(recipe_nodes[name], autoencoder), shard_size)
     if conditioner is not None:
         name = ctx.roles["conditioner"]
-        texts = text_cache(root, component_digest(recipe_nodes[name], conditioner))
+        texts = text_cache(root, component_digest(recipe_nodes[name], conditioner), shard_size)
+    from ..distributed import Part
+
+    world = int(getattr(ctx, "world_size", 1) or 1)
+    part = Part(ctx.rank, world) if world > 1 else None  # each process fills its share of the shards
     if ctx.rank == 0:
-        show = ctx.progress
-        mels = prepared_mel_cache(ctx) if getattr(autoencoder, "domain", "mel") == "mel" else None
-        if latents is not None:
-            t0 = time.perf_counter()
-            counts = fill_latent_cache(_repaired(latents), autoencoder, items, ctx.audio, device=ctx.device,
-                                       mels=mels, progress=show)
+        for cache in (latents, texts):
+            if cache is not None:
+                _repaired(cache)
+    if part is not None:
+        ctx.barrier()
+        for cache in (latents, texts):
+            if cache is not None:
+                cache.reload()  # without what rank 0 dropped
+    show = ctx.progress and ctx.rank == 0
+    mels = prepared_mel_cache(ctx) if getattr(autoencoder, "domain", "mel") == "mel" else None
+    if latents is not None:
+        t0 = time.perf_counter()
+        counts = fill_latent_cache(latents, autoencoder, items, ctx.audio, device=ctx.device, mels=mels,
+                                   progress=show, part=part)
+        if ctx.rank == 0:
             log.info("latent cache %s: %d encoded, %d reused, %d bad (%.1f s)", latents.dir.name, counts["encoded"],
                      counts["reused"], counts["bad"], time.perf_counter() - t0)
-        if texts is not None:
-            t0 = time.perf_counter()
-            counts = fill_text_cache(_repaired(texts), conditioner, (c for item in items for c in item.captions),
-                                     progress=show)
+    if texts is not None:
+        t0 = time.perf_counter()
+        counts = fill_text_cache(texts, conditioner, (c for item in items for c in item.captions), progress=show,
+                                 part=part, batch_size=min(64, max(1, shard_size // 3)))
+        if ctx.rank == 0:
             log.info("text cache %s: %d encoded, %d reused (%.1f s)", texts.dir.name, counts["encoded"],
                      counts["reused"], time.perf_counter() - t0)
     ctx.barrier()
     for cache in (latents, texts):
         if cache is not None:
-            cache.reload()  # what the main process wrote
+            cache.reload()  # what the other processes wrote
     return {"latents": latents, "texts": texts, "stride": stride}

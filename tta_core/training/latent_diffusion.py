@@ -58,7 +58,8 @@ def select(cond: Conditioning, other: Conditioning, take_other: torch.Tensor) ->
 
 class LatentDiffusion:
     def __init__(self, cfg_dropout: float = 0.1, audio_conditioning: bool = False, sample_posterior: bool = True,
-                 validate_prompts: int = 4, validate_steps: int | None = None, cache: bool = True):
+                 validate_prompts: int = 4, validate_steps: int | None = None, cache: bool = True,
+                 cache_shard_size: int = 256):
         if not 0 <= cfg_dropout < 1:
             raise UsageError(f"latent_diffusion: cfg_dropout must be in [0, 1), got {cfg_dropout}")
         self.cfg_dropout = cfg_dropout
@@ -66,6 +67,9 @@ class LatentDiffusion:
         self.sample_posterior = sample_posterior
         self.validate_prompts, self.validate_steps = validate_prompts, validate_steps
         self.cache = cache
+        if cache_shard_size < 1:
+            raise UsageError(f"latent_diffusion: cache_shard_size must be at least 1, got {cache_shard_size}")
+        self.cache_shard_size = cache_shard_size  # arrays to a cache shard file
         self.texts = None  # the text cache, when used
         self._null = None  # the frozen conditioner's null conditioning, batch of 1
 
@@ -101,7 +105,7 @@ class LatentDiffusion:
 
             text_encoder = None if self.train_text else ctx.unwrap(ctx.roles["conditioner"])
             items = items_for(ctx)
-            caches = caching.build_caches(ctx, ae, text_encoder, items)
+            caches = caching.build_caches(ctx, ae, text_encoder, items, shard_size=self.cache_shard_size)
             self.texts = caches["texts"]
             if caches["latents"] is not None:
                 park = frozen_autoencoder_device(ctx.device, latents_cached=True)

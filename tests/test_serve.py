@@ -340,3 +340,29 @@ def test_candidates_are_reranked_where_the_server_has_a_text_audio_embedder(pipe
         srv.shutdown()
         srv.server_close()
         studio.close()
+
+
+def test_a_sampler_an_installed_plugin_registers_is_offered_and_used(tiny_run, fake_dists, tmp_path):
+    from tta_core.sampling import load_pipeline
+    from tta_core.serving import Studio, start
+
+    fake_dists("tta-more-samplers", "0.1", {"more": """
+        from tta_core.plugin import hookimpl
+
+        @hookimpl
+        def tta_register(register):
+            register("sampler", "ddim_again", "tta_core.diffusion.samplers:DDIM")
+    """})
+    args, root = tiny_run
+    pipe = load_pipeline(RECIPE, run_dir=root / "run", device="cpu", overrides=_overrides(args))
+    studio = Studio(pipe, tmp_path / "out")
+    srv, _ = start(studio, "127.0.0.1", 0)
+    base = srv.url.rstrip("/")
+    try:
+        assert "ddim_again" in jcall(base, "/api/samplers")[1]["samplers"]
+        status, job = jcall(base, "/api/generate", {"prompt": "a low hum", "steps": 2, "sampler": "ddim_again"})
+        assert status == 200 and job["outputs"][0]["manifest"]["sampler"]["type"] == "ddim_again"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        studio.close()

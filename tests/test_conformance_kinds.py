@@ -374,8 +374,9 @@ def test_built_in_dataset_readers_conform(layout, tmp_path):
 
 
 def test_every_registered_dataset_reader_is_checked_here():
+    # webdataset reads shards as a stream (a ShardSource, not an ItemSet): tests/test_stream.py checks it
     assert sorted(e.name for e in get_registry().entries("dataset")) == \
-        ["audiocaps", "audioldm", "clotho", "folder", "jsonl"]
+        ["audiocaps", "audioldm", "clotho", "folder", "jsonl", "webdataset"]
 
 
 def _lines(path: str):

@@ -110,6 +110,8 @@ _LAZY = {
     "initial_noise": "tta_core.diffusion:initial_noise",
     "start_scale": "tta_core.diffusion:start_scale",
     "copy_adapters": "tta_core.adapters:copy_adapters",
+    "ShardSource": "tta_core.data.stream:ShardSource",
+    "expand_shards": "tta_core.data.stream:expand",
 }
 
 if TYPE_CHECKING:  # what type checkers and editors see of the names above
@@ -118,6 +120,8 @@ if TYPE_CHECKING:  # what type checkers and editors see of the names above
     from .data.audio import channels_problem, with_channels
     from .data.dataset import collate
     from .data.mel import LogMel, log_mel, mel_filterbank
+    from .data.stream import ShardSource
+    from .data.stream import expand as expand_shards
     from .diffusion import (DDIM, DDPM, RectifiedFlow, TrainingPair, VDiffusion, VPDiscrete, VSampler, initial_noise,
                             start_scale)
     from .importing import Imported, find_prefix, read_tensors, shipped_recipe, state_dict_of, under
@@ -214,6 +218,7 @@ __all__ = [
     "training_dataset", "collate",
     # dataset readers: build an ItemSet row by row under the bad-row rules (docs/data.md)
     "Collector", "Item", "ItemSet", "resolve_path",
+    "ShardSource", "expand_shards",  # or tar shards that training reads as a stream (tta_core.data.stream)
     # importers and recipes
     "Imported", "read_tensors", "state_dict_of", "under", "find_prefix", "shipped_recipe",
     "Recipe", "load_recipe", "apply_override", "load_yaml", "build", "component_kind",

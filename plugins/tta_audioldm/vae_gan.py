@@ -23,6 +23,18 @@ from typing import Any
 import torch
 
 
+class LogVariance(torch.nn.Module):
+    """One learned scalar, read by calling the module (so a DistributedDataParallel wrapper
+    sees it used and averages its gradient over the processes)."""
+
+    def __init__(self, init: float = 0.0):
+        super().__init__()
+        self.value = torch.nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self) -> torch.Tensor:
+        return self.value
+
+
 class PatchDiscriminator(torch.nn.Module):
     """pix2pix's PatchGAN (NLayerDiscriminator) on one-channel mels."""
 
@@ -53,14 +65,15 @@ class VAEGAN:
         disc_layers: int = 3,
         logvar_init: float = 0.0,
         scale_momentum: float = 0.9,
+        sample_posterior: bool = True,
     ):
         self.kl_weight, self.disc_start = kl_weight, disc_start
+        self.sample_posterior = sample_posterior  # False: decode the posterior's mean (no noise)
         self.disc_weight, self.disc_factor = disc_weight, disc_factor
         self.scale_momentum = scale_momentum
         self.discriminator = PatchDiscriminator(disc_channels, disc_layers)
         # the learned log-variance of the reconstruction likelihood, trained with the VAE
-        self.logvar = torch.nn.Module()
-        self.logvar.value = torch.nn.Parameter(torch.tensor(float(logvar_init)))
+        self.logvar = LogVariance(logvar_init)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"discriminator": self.discriminator, "vae_logvar": self.logvar}
@@ -101,11 +114,11 @@ class VAEGAN:
 
     def losses(self, batch: dict, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         x = batch["mel"]
-        recon, posterior = self.vae(x, sample=True, generator=generator)
+        recon, posterior = self.vae(x, sample=self.sample_posterior, generator=generator)
         recon = recon[..., : x.shape[-2], :]
         b = x.shape[0]
         rec = torch.abs(x - recon)
-        logvar = self.logvar_mod.value
+        logvar = self.logvar_mod()  # through the module (DistributedDataParallel's, under torchrun)
         nll = (rec / torch.exp(logvar) + logvar).sum() / b
         kl = posterior.kl().sum() / b
         loss = nll + self.kl_weight * kl
@@ -157,7 +170,15 @@ class VAEGAN:
     def _track_scale(self, posterior) -> None:
         # the spread of posterior samples, in expectation: var(mean) + mean posterior variance;
         # updated on the device, with no read-back per step
-        std = (posterior.mean.float().var() + posterior.var.float().mean()).sqrt()
+        # over the global batch: under torchrun the processes add up their sums first
+        mean, var = posterior.mean.float(), posterior.var.float()
+        sums = torch.stack([torch.tensor(float(mean.numel()), device=mean.device), mean.sum(), (mean * mean).sum(),
+                            var.sum()])
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(sums)
+        n, s1, s2, v = sums
+        std = ((s2 - s1 * s1 / n) / (n - 1) + v / n).sqrt()
         target = 1.0 / std
         buf = self.bare.scale_factor
         new = self.scale_momentum * buf + (1 - self.scale_momentum) * target

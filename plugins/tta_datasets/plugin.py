@@ -3,7 +3,7 @@ this import) stays free of torch; recipes validate against the readers' signatur
 
 from tta_core.plugin import hookimpl
 
-READERS = ("jsonl", "audiocaps", "audioldm", "folder", "clotho")
+READERS = ("jsonl", "audiocaps", "audioldm", "folder", "clotho", "webdataset")
 
 
 @hookimpl

@@ -226,3 +226,34 @@ def clotho(csv_file: str, audio_dir: str | None = None) -> ItemSet:
                 continue
             out.add(id=name, audio=audio_root / name, captions=[row.get(c) or "" for c in columns], where=where)
     return out.result()
+
+
+def webdataset(shards: str | list[str], shuffle: int = 1000, lanes: int | None = None):
+    """WebDataset tar shards, read as a stream while training (never all on disk): per key an
+    audio member (flac, wav, mp3, ogg or opus) and a JSON caption (``text``, ``caption`` or
+    ``captions``), the layout of WavCaps, LAION-Audio-630K, stable-audio-tools and ``tta-run
+    RECIPE shard``::
+
+        data:
+          train: {type: webdataset, shards: "data/shards/train-{000000..000099}.tar", shuffle: 1000}
+
+    ``shards``: a brace pattern, a list, a folder of ``*.tar``, or URLs ``webdataset.gopen``
+    opens (``pipe:curl -s https://...``, http(s), s3). ``shuffle``: samples in each lane's
+    shuffle buffer. ``lanes``: how many shards are read side by side (default: the largest
+    divisor of the batch size up to the number of shards; under torchrun a multiple of the
+    processes). The order and resuming: :mod:`tta_core.data.stream`.
+    """
+    from tta_core.plugin import ShardSource, expand_shards
+
+    urls = expand_shards(shards)
+    if not urls:
+        raise DataError(f"webdataset: no shards in {shards!r}")
+    missing = [u for u in urls if not u.startswith("pipe:") and "://" not in u and not os.path.isfile(u)]
+    if missing:
+        raise DataError(f"webdataset: {len(missing)} shard(s) not found: {', '.join(missing[:3])}"
+                        + (" ..." if len(missing) > 3 else ""))
+    if not isinstance(shuffle, int) or isinstance(shuffle, bool) or shuffle < 1:
+        raise UsageError(f"webdataset: shuffle is a number of samples, at least 1 (1: no shuffling), got {shuffle!r}")
+    if lanes is not None and (not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1):
+        raise UsageError(f"webdataset: lanes is a number of shards read side by side, at least 1, got {lanes!r}")
+    return ShardSource(urls, shuffle=shuffle, lanes=lanes, source=f"webdataset {shards}")

@@ -56,10 +56,22 @@ def load_clip(path: str | os.PathLike, audio: AudioConfig) -> Clip:
         raise BadAudio("missing_file", path)
     if path.stat().st_size == 0:
         raise BadAudio("unreadable", path, "0 bytes")
-    try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # [N, channels]
+    return decode_clip(str(path), audio, path)
+
+
+def decode_clip(source: str | bytes, audio: AudioConfig, where: str | os.PathLike) -> Clip:
+    """:func:`load_clip` for a file's path or its bytes (a member of a tar shard); ``where``
+    names it in a BadAudio."""
+    import io
+
+    if isinstance(source, bytes) and not source:
+        raise BadAudio("unreadable", where, "0 bytes")
+    try:  # [N, channels]
+        data, rate = sf.read(io.BytesIO(source) if isinstance(source, bytes) else source, dtype="float32",
+                             always_2d=True)
     except Exception as exc:  # libsndfile raises several types (LibsndfileError, RuntimeError)
-        raise BadAudio("unreadable", path, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
+        raise BadAudio("unreadable", where, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
+    path = where
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise BadAudio("empty", path, "0 samples")
     if not np.isfinite(data).all():

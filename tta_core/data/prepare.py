@@ -192,10 +192,13 @@ def _decode(name: str, items: ItemSet, todo: list[int], keys: dict[int, str], au
     return results
 
 
-def read_split(name: str, node, registry, **injected) -> ItemSet:
+def read_split(name: str, node, registry, streams: bool = False, **injected) -> ItemSet:
     """The ItemSet of ``data.<name>`` from its reader; a reader's plain error is prefixed with
-    the split it came from (``data.train: manifest ... is a folder``)."""
+    the split it came from (``data.train: manifest ... is a folder``). ``streams``: a
+    :class:`tta_core.data.stream.ShardSource` (shards read as a stream) is taken too; else it
+    is refused, naming what can read it (training)."""
     from ..recipe import build
+    from .stream import ShardSource
 
     try:
         items = build(node, "dataset", registry, **injected)
@@ -203,6 +206,12 @@ def read_split(name: str, node, registry, **injected) -> ItemSet:
         if type(exc) not in (UsageError, DataError) or str(exc).startswith("data."):
             raise
         raise type(exc)(f"data.{name}: {exc}") from None
+    if isinstance(items, ShardSource):
+        if streams:
+            return items
+        raise UsageError(f"data.{name} is a stream of shards ({node['type']}): training reads it as it goes; "
+                         "this command needs files it can list (checked and cached up front: prepare, shard, "
+                         "eval --adherence). Point it at a manifest, or write one with the audio the shards hold")
     if not isinstance(items, ItemSet):
         raise DataError(f"data.{name}: dataset '{node['type']}' returned {type(items).__name__}, "
                         "not an ItemSet (build it with tta_core.data.items.Collector)")

@@ -22,7 +22,7 @@ def items_for(ctx: Any, split: str = "train"):
                          f"(e.g. {split}: {{type: jsonl, manifest: data/sounds/manifest.jsonl}})")
     from ..data.prepare import read_split
 
-    items = read_split(split, node, ctx.registry)
+    items = read_split(split, node, ctx.registry, streams=True)
     if len(items) == 0:
         raise UsageError(f"data.{split} has no usable items; run `tta-run {ctx.recipe.path} prepare` for the report")
     memo[split] = items
@@ -50,7 +50,16 @@ def training_dataset(ctx: Any, *, mel: bool = True, wave: bool = False, split: s
     ``tta-run RECIPE prepare`` filled it (cached and fresh mels are identical). The cache holds
     whole clips under the recipe's audio settings; examples are cropped to the stage's length."""
     from ..data.dataset import AudioTextDataset
+    from ..data.stream import ShardSource, StreamExamples
 
+    items = items_for(ctx, split)
+    if isinstance(items, ShardSource):  # shards read as a stream (the webdataset reader)
+        if not train:
+            raise UsageError(f"data.{split} is a stream of shards, read as training goes: validation reads its "
+                             f"clips up front and needs files (leave validate_every unset for stage "
+                             f"'{ctx.stage.name}')")
+        return StreamExamples(items, ctx.audio, seed=ctx.stage.seed, global_batch=ctx.stage.batch_size,
+                              world=int(getattr(ctx, "world_size", 1) or 1), mel=mel, wave=wave)
     cache = prepared_mel_cache(ctx) if mel else None
-    return AudioTextDataset(items_for(ctx, split), ctx.audio, train=train, seed=ctx.stage.seed, cache=cache,
+    return AudioTextDataset(items, ctx.audio, train=train, seed=ctx.stage.seed, cache=cache,
                             mel=mel, wave=wave)

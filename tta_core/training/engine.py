@@ -419,14 +419,20 @@ class Trainer:
 
         dataset = objective.train_dataset(ctx)
         micro_start = start * stage.grad_accum
-        sampler = StreamBatchSampler(len(dataset), stage.batch_size, seed=self.seed, start=micro_start,
-                                     rank=acc.process_index, world=acc.num_processes)
-        loader = torch.utils.data.DataLoader(
-            EpochView(dataset), batch_sampler=sampler, num_workers=stage.num_workers,
-            collate_fn=getattr(objective, "collate", None), persistent_workers=False,
-            worker_init_fn=_leave_signals_to_the_trainer if stage.num_workers else None,
-        )
-        batches = iter(loader)
+        if getattr(dataset, "streaming", False):  # shards read as a stream (tta_core.data.stream)
+            from ..data.dataset import collate
+
+            batches = dataset.batches(acc.process_index, acc.num_processes, micro_start,
+                                      getattr(objective, "collate", None) or collate)
+        else:
+            sampler = StreamBatchSampler(len(dataset), stage.batch_size, seed=self.seed, start=micro_start,
+                                         rank=acc.process_index, world=acc.num_processes)
+            loader = torch.utils.data.DataLoader(
+                EpochView(dataset), batch_sampler=sampler, num_workers=stage.num_workers,
+                collate_fn=getattr(objective, "collate", None), persistent_workers=False,
+                worker_init_fn=_leave_signals_to_the_trainer if stage.num_workers else None,
+            )
+            batches = iter(loader)
         job = _Job(ctx, objective, trained, wrapped, param_lists, optimizers, prepared_opts, schedulers, emas,
                    dataset, batches, start, nonfinite_total, resume)
         if start < self.max_steps:  # a data set that cannot be read fails here, before the run changes anything

@@ -100,8 +100,10 @@ class LatentDiffusion:
 
         ae = ctx.unwrap(ctx.roles["autoencoder"])
         domain = getattr(ae, "domain", "mel")
-        if self.cache and not self.audio_conditioning:
-            from . import caching
+        from ..data.stream import ShardSource
+
+        if self.cache and not self.audio_conditioning and not isinstance(items_for(ctx), ShardSource):
+            from . import caching  # (shards read as a stream are encoded as they come: no cache)
 
             text_encoder = None if self.train_text else ctx.unwrap(ctx.roles["conditioner"])
             items = items_for(ctx)

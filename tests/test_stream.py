@@ -139,6 +139,10 @@ def test_training_from_shards_resumes_exactly(shards, tmp_path):
     a = load_file(tmp_path / "straight/vae/checkpoints/step-00000004/vae.safetensors")
     b = load_file(tmp_path / "resumed/vae/checkpoints/step-00000004/vae.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # two DataLoader workers, each making every other batch: the same batches in the same order
+    assert main([*common, "--run-dir", str(tmp_path / "workers"), "--set", "train.vae.num_workers=2"]) == 0
+    c = load_file(tmp_path / "workers/vae/checkpoints/step-00000004/vae.safetensors")
+    assert all(torch.equal(a[k], c[k]) for k in a)
 
 
 @pytest.mark.slow

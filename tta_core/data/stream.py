@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+import torch
 
 log = logging.getLogger("tta.data")
 
@@ -294,7 +295,33 @@ class StreamExamples:
             out["mel"] = full[offset:offset + self.audio.num_frames].clone()[None]
         return out
 
-    def batches(self, rank: int, world: int, start: int, collate: Any) -> Iterator[Any]:
-        """This process's collated micro-batches from micro-batch ``start`` on."""
-        for part in self.stream.batches(rank, world, start):
-            yield collate([self.example(lane, position, sample) for lane, position, sample in part])
+    def batches(self, rank: int, world: int, start: int, collate: Any, workers: int = 0) -> Iterator[Any]:
+        """This process's collated micro-batches from micro-batch ``start`` on. With ``workers``
+        DataLoader workers, worker ``w`` makes the micro-batches ``start + w``, ``start + w +
+        workers``, ... (each reads this process's lanes, and decodes only its own batches), and
+        the DataLoader hands them out in turn: the same batches, in the same order."""
+        if workers <= 0:
+            for part in self.stream.batches(rank, world, start):
+                yield collate([self.example(lane, position, sample) for lane, position, sample in part])
+            return
+        loader = torch.utils.data.DataLoader(_Batches(self, rank, world, start, collate), batch_size=None,
+                                             num_workers=workers, collate_fn=_identity, persistent_workers=False)
+        yield from loader
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+class _Batches(torch.utils.data.IterableDataset):
+    """The micro-batches of one DataLoader worker (see :meth:`StreamExamples.batches`)."""
+
+    def __init__(self, examples: StreamExamples, rank: int, world: int, start: int, collate: Any):
+        self.examples, self.rank, self.world, self.start, self.collate = examples, rank, world, start, collate
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        me, count = (info.id, info.num_workers) if info is not None else (0, 1)
+        for m, part in enumerate(self.examples.stream.batches(self.rank, self.world, self.start)):
+            if m % count == me:
+                yield self.collate([self.examples.example(*entry) for entry in part])

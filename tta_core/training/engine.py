@@ -423,7 +423,7 @@ class Trainer:
             from ..data.dataset import collate
 
             batches = dataset.batches(acc.process_index, acc.num_processes, micro_start,
-                                      getattr(objective, "collate", None) or collate)
+                                      getattr(objective, "collate", None) or collate, workers=stage.num_workers)
         else:
             sampler = StreamBatchSampler(len(dataset), stage.batch_size, seed=self.seed, start=micro_start,
                                          rank=acc.process_index, world=acc.num_processes)

@@ -166,3 +166,15 @@ def test_two_processes_train_from_shards_as_one_does(shards, tmp_path):
     b = load_file(tmp_path / "two/vae/checkpoints/step-00000004/vae.safetensors")
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=2e-5, rtol=1e-4)
+
+
+def test_shards_behind_a_pipe_url_stream_as_local_ones_do(shards):
+    from tta_core.data.stream import ShardSource, ShardStream, expand
+
+    local = expand(str(shards))
+    piped = [f"pipe:cat {u}" for u in local]
+    a = ShardStream(ShardSource(local, shuffle=3), seed=2, global_batch=4).batches()
+    b = ShardStream(ShardSource(piped, shuffle=3), seed=2, global_batch=4).batches()
+    for _ in range(6):
+        assert [(s.key, s.audio) for _, _, s in next(a)] == [(s.key, s.audio) for _, _, s in next(b)]
+    assert expand(f"pipe:cat {shards}/train-{{000000..000003}}.tar") == piped

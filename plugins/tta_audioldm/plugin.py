@@ -21,3 +21,4 @@ def tta_register(register):
     register("vocoder", "griffin_lim", f"{_P}.vocoders:GriffinLim")
     register("vocoder", "hifigan", f"{_P}.vocoders:HiFiGAN")
     register("objective", "vae_gan", f"{_P}.vae_gan:VAEGAN")
+    register("objective", "hifigan", f"{_P}.hifigan_train:HiFiGANObjective")

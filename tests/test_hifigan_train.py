@@ -51,6 +51,18 @@ def test_the_mel_loss_falls_as_the_generator_learns(sets, tmp_path):
     assert "discriminator" not in _metrics(tmp_path / "run")[-1]
     assert sum(l1[-10:]) / 10 < 0.75 * sum(l1[:10]) / 10, l1  # measured: 2.15 -> 1.33
 
+    # eval --reconstruction on a vocoder recipe: the trained vocoder and Griffin-Lim on the same clips
+    assert main([str(RECIPE), "eval", "--reconstruction", "--run-dir", str(tmp_path / "run"), "--n-items", "6",
+                 "--set", f"data.train={{type: jsonl, manifest: {sets / 'a' / 'manifest.jsonl'}}}",
+                 "--set", f"data.valid={{type: jsonl, manifest: {sets / 'b' / 'manifest.jsonl'}}}",
+                 "--out", str(tmp_path / "rec")]) == 0
+    report = json.loads((tmp_path / "rec" / "eval.json").read_text())
+    assert set(report["vocoders"]) == {"vocoder", "griffin_lim"} and report["counts"]["used"] == 6
+    for row in report["vocoders"].values():
+        assert set(row) == {"mel_l1", "psnr", "ssim", "lsd", "si_sdr"}
+        assert all(torch.isfinite(torch.tensor(v)) for v in row.values())
+    assert report["weights"]["vocoder"].endswith("step-00000060/vocoder.safetensors")
+
 
 def test_the_stage_needs_a_trainable_hifigan_of_the_recipes_hop(sets, tmp_path, capsys):
     assert _train(sets, tmp_path / "a", "--max-steps", "1", "--set", "components.vocoder={type: griffin_lim}") == 2

@@ -233,7 +233,7 @@ def _metrics(args: argparse.Namespace, recipe: Any, registry: Any) -> int:
 
 def _reconstruction(args: argparse.Namespace, recipe: Any, registry: Any) -> int:
     from ..eval.reconstruction import DEFAULT, reconstruction
-    from ..recipe import build
+    from ..recipe import build, component_kind
     from ..sampling import load_pipeline
 
     data = recipe.get("data") or {}
@@ -243,9 +243,12 @@ def _reconstruction(args: argparse.Namespace, recipe: Any, registry: Any) -> int
     items = list(build(data[split], "dataset", registry))
     if args.n_items:
         items = items[: args.n_items]
-    pipe = load_pipeline(recipe, run_dir=run_dir(args, recipe), device=args.device, registry=registry)
     names = [n.strip() for n in args.metrics.split(",") if n.strip()] if args.metrics else list(DEFAULT)
     max_missing = args.max_missing if args.max_missing is not None else 0.05
+    kinds = {name: component_kind(recipe, name, registry) for name in recipe.components}
+    if set(kinds.values()) == {"vocoder"}:  # a vocoder recipe: the vocoder against Griffin-Lim
+        return _vocoder_reconstruction(args, recipe, registry, items, names, max_missing, split, kinds)
+    pipe = load_pipeline(recipe, run_dir=run_dir(args, recipe), device=args.device, registry=registry)
     result = reconstruction(pipe, items, names, decode_steps=args.decode_steps, max_missing=max_missing)
     result.update({"recipe": recipe.name, "split": f"data.{split}", "checkpoint": pipe.checkpoint,
                    "audio": pipe.audio.to_dict()})
@@ -253,6 +256,39 @@ def _reconstruction(args: argparse.Namespace, recipe: Any, registry: Any) -> int
     lines = [f"{'metric':<12} {'round trip':>12}" + (f" {'vocoder only':>14}" if voc else "")]
     for name, value in result["metrics"].items():
         lines.append(f"{name:<12} {value:>12.4f}" + (f" {voc[name]:>14.4f}" if name in voc else ""))
+    lines.append(f"{result['counts']['used']} of {result['counts']['expected']} clips of data.{split}")
+    lines += [f"not used: {p}" for p in result["not_used"][:20]]
+    _write(Path(args.out) if args.out else run_dir(args, recipe) / "reconstruction", result, lines)
+    return 0
+
+
+def _vocoder_reconstruction(args: argparse.Namespace, recipe: Any, registry: Any, items: list, names: list[str],
+                            max_missing: float, split: str, kinds: dict) -> int:
+    """A recipe of vocoders alone: each (with its trained weights) and Griffin-Lim on the
+    log-mels of the same held-out clips, side by side."""
+    import torch
+
+    from ..eval.reconstruction import vocoders
+    from ..recipe import build
+    from ..sampling import load_weights_for, pick_device
+
+    device = pick_device(args.device)
+    audio = recipe.audio
+    built = {name: build(recipe.components[name], "vocoder", registry, where=f"components.{name}", audio=audio)
+             for name in kinds}
+    weights = load_weights_for(built, recipe, run_dir(args, recipe))
+    named = {name: v.to(device).eval() for name, v in built.items()}
+    if "griffin_lim" not in {recipe.components[n]["type"] for n in kinds}:
+        named["griffin_lim"] = build({"type": "griffin_lim"}, "vocoder", registry, audio=audio).to(device)
+    with torch.no_grad():
+        result = vocoders(named, items, audio, names, max_missing=max_missing, device=device)
+    result.update({"recipe": recipe.name, "split": f"data.{split}", "audio": audio.to_dict(),
+                   "weights": {name: w.describe() for name, w in weights.items()}})
+    rows = result["vocoders"]
+    metrics = list(next(iter(rows.values())))
+    lines = [f"{'metric':<12}" + "".join(f" {name:>14}" for name in rows)]
+    for metric in metrics:
+        lines.append(f"{metric:<12}" + "".join(f" {rows[name][metric]:>14.4f}" for name in rows))
     lines.append(f"{result['counts']['used']} of {result['counts']['expected']} clips of data.{split}")
     lines += [f"not used: {p}" for p in result["not_used"][:20]]
     _write(Path(args.out) if args.out else run_dir(args, recipe) / "reconstruction", result, lines)

@@ -127,3 +127,42 @@ def reconstruction(pipe: Any, items: Sequence[Any], names: Sequence[str], *, bat
     if vocoder_only:
         result["vocoder_only"] = {k: float(torch.cat(v).mean()) for k, v in vocoder_only.items()}
     return result
+
+
+def vocoders(named: dict[str, Any], items: Sequence[Any], audio: Any, names: Sequence[str], *, batch_size: int = 8,
+             max_missing: float = 0.05, progress: bool = True, device: Any = "cpu") -> dict:
+    """Each vocoder of ``named`` (name -> mel [B, 1, T, F] -> wave) on the log-mels of the
+    same clips: the mel metrics compare the log-mel of what it made with the input's, the wave
+    metrics its wave with the clip. {name: {metric: mean}} and the counts."""
+    from ..data.audio import BadAudio, fit, load_clip
+    from ..data.mel import log_mel
+    from ..progress import Progress
+
+    unknown = [n for n in names if n not in MEL_METRICS + WAVE_METRICS]
+    if unknown:
+        raise UsageError(f"unknown reconstruction metric(s) {', '.join(unknown)}: "
+                         f"choose from {', '.join(MEL_METRICS + WAVE_METRICS)}")
+    mono = audio if audio.channels == 1 else dataclasses.replace(audio, channels=1)
+    waves, problems = [], []
+    for item in items:
+        try:
+            waves.append(fit(load_clip(item.audio, mono).wave, mono))
+        except BadAudio as exc:
+            problems.append(f"{item.audio}: {exc}")
+    if len(problems) > max_missing * max(1, len(items)):
+        raise TtaError(f"{len(problems)} of {len(items)} clips cannot be read (more than {max_missing:.0%}):\n  "
+                       + "\n  ".join(problems[:20]))
+    if not waves:
+        raise TtaError("no clip to vocode")
+    per: dict[str, dict[str, list[torch.Tensor]]] = {name: {} for name in named}
+    with torch.no_grad(), Progress(len(waves), "reconstruction: vocode", "clips", disable=not progress) as bar:
+        for i in range(0, len(waves), batch_size):
+            wave = torch.stack(waves[i:i + batch_size]).to(device)
+            mel = log_mel(wave.float(), mono)
+            for name, vocoder in named.items():
+                made = vocoder(mel)[..., : wave.shape[-1]].float()
+                for k, v in _score(names, mel, log_mel(made, mono), wave, made, mono).items():
+                    per[name].setdefault(k, []).append(v.cpu())
+            bar.update(wave.shape[0])
+    return {"vocoders": {name: {k: float(torch.cat(v).mean()) for k, v in m.items()} for name, m in per.items()},
+            "counts": {"expected": len(items), "used": len(waves)}, "not_used": problems}

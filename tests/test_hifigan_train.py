@@ -69,3 +69,21 @@ def test_the_stage_needs_a_trainable_hifigan_of_the_recipes_hop(sets, tmp_path, 
     assert "no trainable weights" in capsys.readouterr().err
     assert _train(sets, tmp_path / "b", "--max-steps", "1", "--set", "audio.mel.hop=256") == 1
     assert "with hop 160; the recipe's audio section has 64 bands at 16000 Hz with hop 256" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_published_size_recipe_validates_and_takes_a_real_size_step(sets, tmp_path):
+    from safetensors import safe_open
+
+    from tta_core.checkpoint import latest_checkpoint
+
+    recipe = REPO / "recipes" / "vocoder_hifigan_16k.yaml"
+    assert main([str(recipe), "validate"]) == 0
+    # AudioLDM's generator (1024 channels) and HiFi-GAN's discriminators, one step on 8192-sample crops
+    assert main([str(recipe), "train", "--run-dir", str(tmp_path / "run"), "--no-progress", "--max-steps", "1",
+                 "--skip-memory-check", "--set", f"data.train={{type: jsonl, manifest: {sets / 'a' / 'manifest.jsonl'}}}",
+                 "--set", "train.vocoder.batch_size=2"]) == 0
+    ckpt = latest_checkpoint(tmp_path / "run" / "vocoder" / "checkpoints")
+    assert ckpt is not None and ckpt.step == 1
+    with safe_open(str(ckpt.path / "vocoder.safetensors"), "pt") as f:
+        assert f.get_slice("net.conv_pre.weight").get_shape() == [1024, 64, 7]

@@ -148,7 +148,9 @@ class HiFiGANObjective:
         mel, wave = batch["mel"], batch["wave"]
         if wave.ndim == 3:  # several channels: the vocoder makes the mono mix the mel is of
             wave = wave.mean(1)
-        fake = self.vocoder(mel)[..., : wave.shape[-1]]
+        fake = self.vocoder(mel)
+        n = min(fake.shape[-1], wave.shape[-1])  # a crop of T mel frames is T * hop samples, or up to a hop more
+        fake, wave = fake[..., :n], wave[..., :n]
         mel_fake = self.mel(fake)[..., : mel.shape[-2], :]
         mel_l1 = F.l1_loss(mel_fake, mel)
         loss = self.mel_weight * mel_l1

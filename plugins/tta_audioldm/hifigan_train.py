@@ -22,8 +22,15 @@ import torch
 import torch.nn.functional as F
 
 
-def _leaky(x: torch.Tensor) -> torch.Tensor:
-    return F.leaky_relu(x, 0.1)
+def _layers(convs: torch.nn.ModuleList, post: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """A sub-discriminator's score (flattened) and every layer's output (for feature matching)."""
+    maps = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), 0.1)
+        maps.append(x)
+    x = post(x)
+    maps.append(x)
+    return x.flatten(1), maps
 
 
 class PeriodDiscriminator(torch.nn.Module):
@@ -45,14 +52,7 @@ class PeriodDiscriminator(torch.nn.Module):
             pad = self.period - t % self.period
             x = F.pad(x, (0, pad), "reflect" if pad < t else "constant")
             t += pad
-        x = x.view(b, c, t // self.period, self.period)
-        maps = []
-        for conv in self.convs:
-            x = _leaky(conv(x))
-            maps.append(x)
-        x = self.post(x)
-        maps.append(x)
-        return x.flatten(1), maps
+        return _layers(self.convs, self.post, x.view(b, c, t // self.period, self.period))
 
 
 class ScaleDiscriminator(torch.nn.Module):
@@ -69,13 +69,7 @@ class ScaleDiscriminator(torch.nn.Module):
         self.post = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv1d(8 * c, 1, 3, 1, padding=1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        maps = []
-        for conv in self.convs:
-            x = _leaky(conv(x))
-            maps.append(x)
-        x = self.post(x)
-        maps.append(x)
-        return x.flatten(1), maps
+        return _layers(self.convs, self.post, x)
 
 
 class Discriminators(torch.nn.Module):
@@ -161,9 +155,10 @@ class HiFiGANObjective:
             adv = sum(torch.mean((1 - score) ** 2) for score, _ in fake_out)
             feat = sum(F.l1_loss(f, r.detach()) for (_, fm), (_, rm) in zip(fake_out, real_out) for f, r in zip(fm, rm))
             loss = loss + adv + self.feature_weight * feat
-            detached = self.disc(fake.detach()[:, None])
+            # the same scores of the fake: each loss reaches only its own parameters (the trainer
+            # differentiates it with respect to them), so no second pass of the detached wave
             d_loss = sum(torch.mean((1 - r) ** 2) + torch.mean(f ** 2)
-                         for (r, _), (f, _) in zip(real_out, detached))
+                         for (r, _), (f, _) in zip(real_out, fake_out))
             out.update({"discriminator": d_loss, "log/g_adv": adv.detach(), "log/feature": feat.detach()})
         out["generator"] = loss
         return out

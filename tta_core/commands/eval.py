@@ -266,8 +266,6 @@ def _vocoder_reconstruction(args: argparse.Namespace, recipe: Any, registry: Any
                             max_missing: float, split: str, kinds: dict) -> int:
     """A recipe of vocoders alone: each (with its trained weights) and Griffin-Lim on the
     log-mels of the same held-out clips, side by side."""
-    import torch
-
     from ..eval.reconstruction import vocoders
     from ..recipe import build
     from ..sampling import load_weights_for, pick_device
@@ -280,8 +278,7 @@ def _vocoder_reconstruction(args: argparse.Namespace, recipe: Any, registry: Any
     named = {name: v.to(device).eval() for name, v in built.items()}
     if "griffin_lim" not in {recipe.components[n]["type"] for n in kinds}:
         named["griffin_lim"] = build({"type": "griffin_lim"}, "vocoder", registry, audio=audio).to(device)
-    with torch.no_grad():
-        result = vocoders(named, items, audio, names, max_missing=max_missing, device=device)
+    result = vocoders(named, items, audio, names, max_missing=max_missing, device=device)
     result.update({"recipe": recipe.name, "split": f"data.{split}", "audio": audio.to_dict(),
                    "weights": {name: w.describe() for name, w in weights.items()}})
     rows = result["vocoders"]

@@ -281,12 +281,13 @@ def write_samples(pipe: Any, entries: list[tuple[str | None, str]], st: Any, out
     if part is not None:
         from ..distributed import gather
 
-        every = sorted(gather(held, part), key=lambda pair: pair[0])
+        shared = gather([(held, written.renamed)], part)  # every process's lines and renames, on rank 0
+        every = sorted((pair for lines, _ in shared for pair in lines), key=lambda pair: pair[0])
         if part.main:
             out.mkdir(parents=True, exist_ok=True)
             append_rows(written.manifest, [row for _, row in every])
             written.files, written.rows = len(every), [row for _, row in every]
-        written.renamed = sum(gather([written.renamed], part))
+            written.renamed = sum(renamed for _, renamed in shared)
     return written
 
 

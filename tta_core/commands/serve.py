@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .base import Verb, check_writable, load_plugins, load_recipe, number
+from .base import Verb, load_plugins, load_recipe, number
 from .base import run_dir as base_run_dir
 from ..errors import UsageError
 from ..precision import PRECISIONS
@@ -70,8 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--run-dir {run_dir} is a file; it names the run folder `tta-run RECIPE train` writes")
     out = Path(args.out) if args.out else run_dir / "samples" / "studio"
-    check_writable(out, "--out")
-    check_out(out)
+    check_out(out)  # writable, and any manifest there is sample's: before the model loads
     limits = Limits(prompt_chars=args.max_prompt_chars, duration=args.max_duration, steps=args.max_steps,
                     candidates=args.max_candidates, upload_bytes=int(args.max_upload_mb * 2**20),
                     queue=args.max_queue)

@@ -348,6 +348,51 @@ class FeatureCache:
         return len(set(self.index) - live)
 
 
+class BlockWriter:
+    """Fills a cache in blocks of ``size`` items of ``todo``, one shard per block, numbered as
+    one process numbers them: block ``k`` becomes shard ``first + k``, ``first`` being the
+    first free number when the fill starts. In one process each shard is indexed as soon as it
+    is written (an interrupted fill keeps what it made). Under ``part``
+    (:class:`tta_core.distributed.Part`, torchrun) this process fills only its blocks
+    (:attr:`mine`), and :meth:`finish` has rank 0 index every process's shards: the cache one
+    process fills, byte for byte. ``cache`` None: the blocks only (work split, nothing stored)."""
+
+    def __init__(self, cache: FeatureCache | None, todo: list, size: int, part: Any = None):
+        self.cache, self.part = cache, part
+        self.blocks = [todo[k:k + size] for k in range(0, len(todo), size)]
+        self.mine = [k for k in range(len(self.blocks)) if part is None or part.mine(k)]
+        self.first = cache.next_shard() if cache is not None else 0
+        self._shards: list[tuple[str, dict, dict]] = []
+        if part is not None:
+            from ..distributed import barrier
+
+            barrier()  # every process has read the first free shard number before any writes one
+
+    def done(self, k: int) -> None:
+        """Write what block ``k`` staged (:meth:`FeatureCache.stage`) as its shard."""
+        if self.cache is None or not self.cache.staged:
+            return
+        shard = self.cache.write_shard(self.first + k)
+        if self.part is None:
+            self.cache.merge([shard])
+        else:
+            self._shards.append(shard)
+
+    def finish(self, value: Any) -> list[Any]:
+        """Every process's ``value``, in rank order (``[value]`` in one process); under
+        ``part`` rank 0 indexes every process's shards first."""
+        if self.part is None:
+            return [value]
+        from ..distributed import all_gather, barrier
+
+        every = all_gather((self._shards, value), self.part)
+        if self.cache is not None:
+            self.cache.merge(sorted((w for shards, _ in every for w in shards), key=lambda w: w[0]),
+                             write=self.part.main)
+            barrier()  # the index is written
+        return [v for _, v in every]
+
+
 def mel_cache(root: str | os.PathLike, audio, shard_size: int = 256) -> FeatureCache:
     """The mel cache of an :class:`~tta_core.data.config.AudioConfig` under ``root``; keys are
     :func:`fingerprint` of the audio file. ``tta-run RECIPE prepare`` fills and repairs it,

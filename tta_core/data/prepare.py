@@ -23,7 +23,7 @@ from ..checkpoint import atomic_write
 from ..errors import DataError, UsageError
 from ..progress import Progress
 from .audio import BadAudio, load_clip, mono
-from .cache import FeatureCache, fingerprint, mel_cache
+from .cache import BlockWriter, FeatureCache, fingerprint, mel_cache
 from .config import AudioConfig
 from .items import Item, ItemSet
 
@@ -150,18 +150,10 @@ def _decode(name: str, items: ItemSet, todo: list[int], keys: dict[int, str], au
     each block's mels into the cache as one shard; every item's result, from all processes."""
     import torch
 
-    size = cache.shard_size if cache is not None else 256
-    blocks = [todo[k:k + size] for k in range(0, len(todo), size)]
-    mine = [k for k in range(len(blocks)) if part is None or part.mine(k)]
-    first = cache.next_shard() if cache is not None else 0
-    if part is not None:
-        from ..distributed import barrier
-
-        barrier()  # every process has read the first free shard number before any writes one
-    order = [i for k in mine for i in blocks[k]]
-    ends = {blocks[k][-1]: k for k in mine}
+    writer = BlockWriter(cache, todo, cache.shard_size if cache is not None else 256, part)
+    order = [i for k in writer.mine for i in writer.blocks[k]]
+    ends = {writer.blocks[k][-1]: k for k in writer.mine}
     results: dict[int, dict] = {}
-    written = []
     probe = _Probe([items[i] for i in order], audio, with_mel=cache is not None)
     loader = torch.utils.data.DataLoader(probe, batch_size=None, num_workers=workers, collate_fn=_identity,
                                          timeout=300 if workers else 0)
@@ -173,23 +165,10 @@ def _decode(name: str, items: ItemSet, todo: list[int], keys: dict[int, str], au
             results[i] = out
             if cache is not None and "mel" in out:
                 cache.stage(keys[i], out.pop("mel"), samples=out["samples"], fixes=out["fixes"])
-            if cache is not None and i in ends and cache.staged:
-                shard = cache.write_shard(first + ends[i])
-                if part is None:
-                    cache.merge([shard])  # indexed at once: an interrupted prepare keeps what it made
-                else:
-                    written.append(shard)
+            if i in ends:
+                writer.done(ends[i])
             bar.update()
-    if part is not None:
-        from ..distributed import all_gather
-
-        shared = all_gather((results, written), part)
-        results = {i: r for chunk, _ in shared for i, r in chunk.items()}
-        written = sorted((w for _, chunk in shared for w in chunk), key=lambda w: w[0])
-    if cache is not None and part is not None:
-        cache.merge(written, write=part.main)
-        barrier()  # the index is written
-    return results
+    return {i: r for chunk in writer.finish(results) for i, r in chunk.items()}
 
 
 def read_split(name: str, node, registry, streams: bool = False, **injected) -> ItemSet:

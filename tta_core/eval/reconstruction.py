@@ -63,20 +63,19 @@ def _score(names: Sequence[str], mel: torch.Tensor, mel_hat: torch.Tensor | None
     return out
 
 
-def reconstruction(pipe: Any, items: Sequence[Any], names: Sequence[str], *, batch_size: int = 8,
-                   decode_steps: int | None = None, max_missing: float = 0.05, progress: bool = True) -> dict:
-    """Mean of each metric over ``items`` (dataset items) through ``pipe`` (a loaded Pipeline).
-    ``progress``: report loading and the round trip (a bar on a terminal, lines elsewhere)."""
-    from ..data.audio import BadAudio, fit, load_clip, with_channels
-    from ..data.mel import log_mel
-    from ..progress import Progress
-
+def _check_names(names: Sequence[str]) -> None:
     unknown = [n for n in names if n not in MEL_METRICS + WAVE_METRICS]
     if unknown:
         raise UsageError(f"unknown reconstruction metric(s) {', '.join(unknown)}: "
                          f"choose from {', '.join(MEL_METRICS + WAVE_METRICS)}")
-    audio, ae = pipe.audio, pipe.autoencoder
-    mono_audio = audio if audio.channels == 1 else dataclasses.replace(audio, channels=1)
+
+
+def _load(items: Sequence[Any], audio: Any, max_missing: float, progress: bool) -> tuple[list, list[str]]:
+    """Each item's clip as training loads it, cut to the recipe's duration from its start, and
+    what could not be read; an error when more than ``max_missing`` of them, or all, cannot."""
+    from ..data.audio import BadAudio, fit, load_clip
+    from ..progress import Progress
+
     waves, problems = [], []
     with Progress(len(items), "reconstruction: load", "clips", disable=not progress) as bar:
         for item in items:
@@ -90,6 +89,21 @@ def reconstruction(pipe: Any, items: Sequence[Any], names: Sequence[str], *, bat
                        + "\n  ".join(problems[:20]))
     if not waves:
         raise TtaError("no clip to reconstruct")
+    return waves, problems
+
+
+def reconstruction(pipe: Any, items: Sequence[Any], names: Sequence[str], *, batch_size: int = 8,
+                   decode_steps: int | None = None, max_missing: float = 0.05, progress: bool = True) -> dict:
+    """Mean of each metric over ``items`` (dataset items) through ``pipe`` (a loaded Pipeline).
+    ``progress``: report loading and the round trip (a bar on a terminal, lines elsewhere)."""
+    from ..data.audio import with_channels
+    from ..data.mel import log_mel
+    from ..progress import Progress
+
+    _check_names(names)
+    audio, ae = pipe.audio, pipe.autoencoder
+    mono_audio = audio if audio.channels == 1 else dataclasses.replace(audio, channels=1)
+    waves, problems = _load(items, audio, max_missing, progress)
     per: dict[str, list[torch.Tensor]] = {}
     vocoder_only: dict[str, list[torch.Tensor]] = {}
     device = pipe.device
@@ -134,26 +148,12 @@ def vocoders(named: dict[str, Any], items: Sequence[Any], audio: Any, names: Seq
     """Each vocoder of ``named`` (name -> mel [B, 1, T, F] -> wave) on the log-mels of the
     same clips: the mel metrics compare the log-mel of what it made with the input's, the wave
     metrics its wave with the clip. {name: {metric: mean}} and the counts."""
-    from ..data.audio import BadAudio, fit, load_clip
     from ..data.mel import log_mel
     from ..progress import Progress
 
-    unknown = [n for n in names if n not in MEL_METRICS + WAVE_METRICS]
-    if unknown:
-        raise UsageError(f"unknown reconstruction metric(s) {', '.join(unknown)}: "
-                         f"choose from {', '.join(MEL_METRICS + WAVE_METRICS)}")
+    _check_names(names)
     mono = audio if audio.channels == 1 else dataclasses.replace(audio, channels=1)
-    waves, problems = [], []
-    for item in items:
-        try:
-            waves.append(fit(load_clip(item.audio, mono).wave, mono))
-        except BadAudio as exc:
-            problems.append(f"{item.audio}: {exc}")
-    if len(problems) > max_missing * max(1, len(items)):
-        raise TtaError(f"{len(problems)} of {len(items)} clips cannot be read (more than {max_missing:.0%}):\n  "
-                       + "\n  ".join(problems[:20]))
-    if not waves:
-        raise TtaError("no clip to vocode")
+    waves, problems = _load(items, mono, max_missing, progress)
     per: dict[str, dict[str, list[torch.Tensor]]] = {name: {} for name in named}
     with torch.no_grad(), Progress(len(waves), "reconstruction: vocode", "clips", disable=not progress) as bar:
         for i in range(0, len(waves), batch_size):

@@ -207,6 +207,10 @@ class Studio:
         self.rerank_note = rerank_note or NO_RANKER  # why there is no reranking, when there is none
         self.ema = ema
         self.history = history
+        from ..commands.sample import check_out
+
+        # checked once: writable, and any manifest there is sample's; its names are not taken again
+        self._earlier = check_out(self.out, "the output folder")
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._queue: deque[Job] = deque()
         self._running: Job | None = None
@@ -426,16 +430,13 @@ class Studio:
                     self._trim()
 
     def _run(self, job: Job) -> None:
-        from ..commands.base import check_writable
-        from ..commands.sample import check_out, write_samples
+        from ..commands.sample import write_samples
 
         def progress(step: int, steps: int, batch: int, batches: int) -> None:
             job.step, job.steps, job.batch, job.batches = step, steps, batch, batches
 
-        check_writable(self.out, "the output folder")
-        earlier = check_out(self.out, "the output folder")
-        written = write_samples(self.pipe, [(job.id, job.request["prompt"])], job.settings, self.out, earlier, n=job.n,
-                                ranker=self.ranker if job.rerank else None, ema=self.ema, progress=progress,
+        written = write_samples(self.pipe, [(job.id, job.request["prompt"])], job.settings, self.out, self._earlier,
+                                n=job.n, ranker=self.ranker if job.rerank else None, ema=self.ema, progress=progress,
                                 memory_check=True)
         outputs = []
         with self._lock:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..data.audio import BadAudio, load_clip, max_offset_frames, mono, pad_to
-from ..data.cache import FeatureCache, digest, fingerprint, latent_cache, text_cache, text_key
+from ..data.cache import BlockWriter, FeatureCache, digest, fingerprint, latent_cache, text_cache, text_key
 from ..data.items import Item
 from ..data.mel import clip_mel
 from ..interfaces import Conditioning
@@ -87,37 +87,6 @@ def _autoencoder_input(item: Item, audio: Any, domain: str, mels: FeatureCache |
     return wave if wave.ndim == 2 else wave[None]
 
 
-def _blocks(todo: list, size: int, part: Any) -> tuple[list[list], list[int]]:
-    """``todo`` in blocks of ``size``, each one cache shard, and the numbers of the blocks
-    this process fills (all of them in one process; every world-th under ``part``)."""
-    blocks = [todo[k:k + size] for k in range(0, len(todo), size)]
-    return blocks, [k for k in range(len(blocks)) if part is None or part.mine(k)]
-
-
-def _written(cache: FeatureCache, first: int, k: int, shards: list, part: Any) -> None:
-    """Write what block ``k`` staged as shard ``first + k``: indexed at once in one process,
-    kept for rank 0 to index under ``part``."""
-    if not cache.staged:
-        return
-    shard = cache.write_shard(first + k)
-    if part is None:
-        cache.merge([shard])
-    else:
-        shards.append(shard)
-
-
-def _shared(cache: FeatureCache, shards: list, counts: dict[str, int], part: Any) -> dict[str, int]:
-    """Under ``part``: every process's shards indexed (by rank 0) and its counts summed."""
-    if part is None:
-        return counts
-    from ..distributed import all_gather, barrier
-
-    every = all_gather((shards, counts), part)
-    cache.merge(sorted((w for chunk, _ in every for w in chunk), key=lambda w: w[0]), write=part.main)
-    barrier()  # the index is written
-    return {k: sum(c[k] for _, c in every) for k in counts}
-
-
 @torch.no_grad()
 def fill_latent_cache(cache: FeatureCache, autoencoder: Any, items: Sequence[Item], audio: Any, *,
                       device: Any, mels: FeatureCache | None = None, batch_size: int = 16,
@@ -156,16 +125,12 @@ def fill_latent_cache(cache: FeatureCache, autoencoder: Any, items: Sequence[Ite
             counts["reused"] += 1 if part is None or part.main else 0
         else:
             keyed.append((item, key))
-    blocks, mine = _blocks(keyed, max(1, cache.shard_size // 2), part)
-    first, shards = cache.next_shard(), []
-    if part is not None:
-        from ..distributed import barrier
-
-        barrier()  # every process has read the first free shard number before any writes one
-    with Progress(sum(len(blocks[k]) for k in mine), "latent cache", "clips", disable=not progress or not keyed) as bar:
-        for k in mine:
+    writer = BlockWriter(cache, keyed, max(1, cache.shard_size // 2), part)
+    with Progress(sum(len(writer.blocks[k]) for k in writer.mine), "latent cache", "clips",
+                  disable=not progress or not keyed) as bar:
+        for k in writer.mine:
             todo: dict[tuple, list[tuple[str, torch.Tensor, int]]] = {}
-            for item, key in blocks[k]:
+            for item, key in writer.blocks[k]:
                 bar.update()
                 try:
                     x = _autoencoder_input(item, audio, domain, mels, key)
@@ -180,8 +145,9 @@ def fill_latent_cache(cache: FeatureCache, autoencoder: Any, items: Sequence[Ite
                     run(todo.pop(tuple(x.shape)))
             for group in todo.values():
                 run(group)
-            _written(cache, first, k, shards, part)
-    return _shared(cache, shards, counts, part)
+            writer.done(k)
+    every = writer.finish(counts)
+    return {key: sum(c[key] for c in every) for key in counts}
 
 
 # -- text ------------------------------------------------------------------------------------
@@ -223,25 +189,20 @@ def fill_text_cache(cache: FeatureCache, conditioner: Any, captions: Iterable[st
             reused += 1
         else:
             todo.append(text)
-    blocks, mine = _blocks(todo, batch_size, part)
-    first, shards = cache.next_shard(), []
-    if part is not None:
-        from ..distributed import barrier
-
-        barrier()
+    writer = BlockWriter(cache, todo, batch_size, part)
     encoded = 0
-    with Progress(sum(len(blocks[k]) for k in mine), "text cache", "captions",
+    with Progress(sum(len(writer.blocks[k]) for k in writer.mine), "text cache", "captions",
                   disable=not progress or not todo) as bar:
-        for k in mine:
-            chunk = blocks[k]
+        for k in writer.mine:
+            chunk = writer.blocks[k]
             cond = conditioner.encode_text(chunk)
             for i, text in enumerate(chunk):
                 _store_text(cache, text_key(text), cond, i)
             encoded += len(chunk)
-            _written(cache, first, k, shards, part)
+            writer.done(k)
             bar.update(len(chunk))
-    counts = _shared(cache, shards, {"encoded": encoded, "reused": reused if part is None or part.main else 0}, part)
-    return counts
+    every = writer.finish({"encoded": encoded, "reused": reused if part is None or part.main else 0})
+    return {key: sum(c[key] for c in every) for key in ("encoded", "reused")}
 
 
 def cached_conditioning(cache: FeatureCache, text: str) -> Conditioning:

@@ -87,3 +87,30 @@ def test_the_published_size_recipe_validates_and_takes_a_real_size_step(sets, tm
     assert ckpt is not None and ckpt.step == 1
     with safe_open(str(ckpt.path / "vocoder.safetensors"), "pt") as f:
         assert f.get_slice("net.conv_pre.weight").get_shape() == [1024, 64, 7]
+
+
+def test_the_multi_resolution_stft_loss_equals_auraloss():
+    auraloss = pytest.importorskip("auraloss")
+    from tta_audioldm.hifigan_train import STFT_RESOLUTIONS, stft_loss
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(3, 8000, generator=g) * 0.3
+    fake = real + 0.1 * torch.randn(3, 8000, generator=g)
+    reference = auraloss.freq.MultiResolutionSTFTLoss(
+        fft_sizes=[r[0] for r in STFT_RESOLUTIONS], hop_sizes=[r[1] for r in STFT_RESOLUTIONS],
+        win_lengths=[r[2] for r in STFT_RESOLUTIONS], eps=1e-7)
+    ours = stft_loss(fake, real)
+    assert torch.allclose(ours, reference(fake[:, None], real[:, None]), rtol=1e-5, atol=1e-6)
+    assert stft_loss(real, real) == 0  # and it tells a wave from a noisier one
+    assert stft_loss(real + 0.3 * torch.randn(3, 8000, generator=g), real) > ours
+
+
+def test_the_stft_loss_joins_the_generators_and_bad_settings_are_refused(sets, tmp_path, capsys):
+    assert _train(sets, tmp_path / "run", "--max-steps", "2", "--set", "train.vocoder.objective.stft_weight=2.5") == 0
+    rows = _metrics(tmp_path / "run")
+    assert all(r["log/stft"] > 0 for r in rows)
+    for bad, said in (("stft_weight=-1", "stft_weight must be >= 0"),
+                      ("stft_resolutions=[[512, 128, 1024]]", "win <= n_fft")):
+        assert _train(sets, tmp_path / "bad", "--max-steps", "1", "--set", f"train.vocoder.objective.{bad}") == 2
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "vocoder" / "checkpoints").exists()

@@ -12,6 +12,14 @@ train on a CPU). The adversarial and feature-matching terms start at ``disc_star
 the first step); before, the generator learns from the mel loss alone. The log-mel is the one
 the recipe's data uses (``audio.mel``), so a trained vocoder inverts exactly the mels the
 autoencoder makes.
+
+``stft_weight`` (default 0: HiFi-GAN's losses alone) adds Parallel WaveGAN's multi-resolution
+STFT loss (Yamamoto et al. 2020; UnivNet and BigVGAN's recipes use it too) to the generator's:
+
+    stft_weight * mean_(n_fft, hop, win) ( ||S - Ŝ||_F / ||S||_F  +  mean |log S - log Ŝ| )
+
+S = |STFT| of the wave at each of ``stft_resolutions``. It trains the spectrum at every
+frequency, not only through the mel bands, and a small generator learns much sooner from it.
 """
 
 from __future__ import annotations
@@ -91,13 +99,39 @@ class Discriminators(torch.nn.Module):
         return outs
 
 
+#: Parallel WaveGAN's three resolutions: (n_fft, hop, win).
+STFT_RESOLUTIONS = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))
+
+
+def stft_loss(fake: torch.Tensor, real: torch.Tensor, resolutions=STFT_RESOLUTIONS,
+              eps: float = 1e-7) -> torch.Tensor:
+    """Multi-resolution STFT loss of waves [B, N]: spectral convergence plus log-magnitude L1,
+    averaged over the resolutions. Magnitudes are ``sqrt(max(|X|², eps))``, as Parallel WaveGAN's."""
+    total = fake.new_zeros(())
+    for n_fft, hop, win in resolutions:
+        window = torch.hann_window(win, device=fake.device, dtype=torch.float32)
+        f, r = (torch.stft(w.float(), n_fft, hop, win, window, return_complex=True).abs().pow(2)
+                .clamp(min=eps).sqrt() for w in (fake, real))
+        total = total + torch.linalg.norm(r - f) / torch.linalg.norm(r) + F.l1_loss(f.log(), r.log())
+    return total / len(resolutions)
+
+
 class HiFiGANObjective:
     def __init__(self, mel_weight: float = 45.0, feature_weight: float = 2.0, disc_start: int = 0,
-                 period_channels: int = 32, scale_channels: int = 128):
+                 period_channels: int = 32, scale_channels: int = 128, stft_weight: float = 0.0,
+                 stft_resolutions: list[list[int]] | None = None):
         from tta_core.plugin import UsageError
 
         if period_channels < 1 or scale_channels < 1:
             raise UsageError("hifigan: period_channels and scale_channels must be at least 1")
+        if stft_weight < 0:
+            raise UsageError(f"hifigan: stft_weight must be >= 0, got {stft_weight}")
+        resolutions = tuple(tuple(int(v) for v in r) for r in (stft_resolutions or STFT_RESOLUTIONS))
+        for r in resolutions:
+            if len(r) != 3 or min(r) < 1 or r[2] > r[0]:
+                raise UsageError(f"hifigan: each of stft_resolutions is [n_fft, hop, win] with win <= n_fft, "
+                                 f"got {list(r)}")
+        self.stft_weight, self.stft_resolutions = float(stft_weight), resolutions
         self.mel_weight, self.feature_weight, self.disc_start = mel_weight, feature_weight, disc_start
         self.discriminators = Discriminators(period_channels=period_channels, scale_channels=scale_channels)
 
@@ -149,6 +183,10 @@ class HiFiGANObjective:
         mel_l1 = F.l1_loss(mel_fake, mel)
         loss = self.mel_weight * mel_l1
         out = {"log/mel_l1": mel_l1.detach()}
+        if self.stft_weight:
+            stft = stft_loss(fake, wave, self.stft_resolutions)
+            loss = loss + self.stft_weight * stft
+            out["log/stft"] = stft.detach()
         if step >= self.disc_start:
             real_out = self.disc(wave[:, None])
             fake_out = self.disc(fake[:, None])

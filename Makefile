@@ -53,7 +53,7 @@ demo: install
 # when a new label is under 0.8 adherence, an old one drops more than 0.05, or the U-Net
 # adapter is over 5% of the U-Net.
 FINETUNE_LABELS ?= drips,wind
-ADHERENCE_SETS := --dataset data/sounds/manifest.jsonl --dataset data/sounds_new/manifest.jsonl --n-per-label 24
+ADHERENCE_SETS := --dataset data/sounds/manifest.jsonl --dataset data/sounds_new/manifest.jsonl --n-per-label 48
 
 finetune-demo: install
 	@start=$$(date +%s); set -e; \

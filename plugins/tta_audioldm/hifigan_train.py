@@ -107,11 +107,12 @@ def stft_loss(fake: torch.Tensor, real: torch.Tensor, resolutions=STFT_RESOLUTIO
               eps: float = 1e-7) -> torch.Tensor:
     """Multi-resolution STFT loss of waves [B, N]: spectral convergence plus log-magnitude L1,
     averaged over the resolutions. Magnitudes are ``sqrt(max(|X|², eps))``, as Parallel WaveGAN's."""
+    both = torch.cat([fake, real]).float()  # one transform of both waves per resolution
     total = fake.new_zeros(())
     for n_fft, hop, win in resolutions:
-        window = torch.hann_window(win, device=fake.device, dtype=torch.float32)
-        f, r = (torch.stft(w.float(), n_fft, hop, win, window, return_complex=True).abs().pow(2)
-                .clamp(min=eps).sqrt() for w in (fake, real))
+        window = torch.hann_window(win, device=both.device)
+        mag = torch.stft(both, n_fft, hop, win, window, return_complex=True).abs().clamp(min=eps ** 0.5)
+        f, r = mag.split(fake.shape[0])
         total = total + torch.linalg.norm(r - f) / torch.linalg.norm(r) + F.l1_loss(f.log(), r.log())
     return total / len(resolutions)
 

@@ -32,7 +32,7 @@ conditioner, autoencoder, denoiser, vocoder, embedder
     the contracts ``Conditioner``, ``Autoencoder``, ``Denoiser``, ``Vocoder``, ``Embedder``
     and the value ``Conditioning``; audio settings ``AudioConfig``, ``MelConfig`` and the
     training mel ``log_mel``, ``LogMel``, ``mel_filterbank`` (a vocoder or embedder that
-    must see the mel the models were trained on); weights: ``load_state`` (with a message
+    must see the mel the models were trained on) and its floor ``LOG_FLOOR``; weights: ``load_state`` (with a message
     naming missing and unexpected keys), ``torch_load`` (``weights_only``, no pickled code).
 process, sampler
     ``Process``, ``Sampler``, ``DenoiseFn``, ``TrainingPair``; the built-in processes and
@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from .data.config import AudioConfig, MelConfig
+from .data.config import LOG_FLOOR, AudioConfig, MelConfig
 from .data.items import Collector, Item, ItemSet, resolve_path
 from .errors import CheckpointError, DataError, RecipeError, TtaError, UsageError, closest
 from .interfaces import (Autoencoder, Conditioner, Conditioning, Denoiser, DenoiseFn, Embedder, Process, Sampler,
@@ -209,7 +209,7 @@ __all__ = [
     "Conditioning", "Conditioner", "Autoencoder", "Denoiser", "Process", "Sampler", "Vocoder", "Embedder",
     "DenoiseFn", "TrainingPair", "Objective", "StageContext",
     # audio, mels and weights
-    "AudioConfig", "MelConfig", "log_mel", "LogMel", "mel_filterbank", "channels_problem", "with_channels",
+    "AudioConfig", "MelConfig", "LOG_FLOOR", "log_mel", "LogMel", "mel_filterbank", "channels_problem", "with_channels",
     "load_state", "torch_load", "write_audio", "save_spectrogram",
     "copy_adapters",  # a network that copies itself by rebuilding keeps its adapters
     # built-in processes and samplers, to compose with

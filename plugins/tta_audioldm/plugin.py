@@ -20,5 +20,7 @@ def tta_register(register):
     register("exporter", "diffusers", f"{_P}.exporter:DiffusersExporter")
     register("vocoder", "griffin_lim", f"{_P}.vocoders:GriffinLim")
     register("vocoder", "hifigan", f"{_P}.vocoders:HiFiGAN")
+    register("vocoder", "learned_griffin_lim", f"{_P}.vocoders:LearnedGriffinLim")
     register("objective", "vae_gan", f"{_P}.vae_gan:VAEGAN")
     register("objective", "hifigan", f"{_P}.hifigan_train:HiFiGANObjective")
+    register("objective", "linear_spectrogram", f"{_P}.magnitude_train:LinearSpectrogramObjective")

@@ -1,10 +1,10 @@
 """Vocoders: log-mel [B, 1, T, F] -> wave [B, T * hop].
 
-``griffin_lim`` needs no weights: the mel is mapped back to a linear magnitude through the
-pseudo-inverse of the recipe's own mel filterbank, then phase is recovered by Griffin-Lim
-(torchaudio) with the recipe's STFT settings. ``learned_griffin_lim`` replaces the
-pseudo-inverse with a trained network (Tacotron's linear-spectrogram post-net, trained by the
-``linear_spectrogram`` objective). ``hifigan`` is AudioLDM's 16 kHz / 64-band HiFi-GAN
+``griffin_lim`` needs no weights: the mel is mapped back to a linear magnitude with the
+recipe's own mel filterbank (a non-negative inverse, or its pseudo-inverse), then phase is
+recovered by Griffin-Lim (torchaudio) with the recipe's STFT settings. ``learned_griffin_lim``
+starts the inverse from a shape a trained network predicts (after Tacotron's
+linear-spectrogram post-net; trained by the ``linear_spectrogram`` objective). ``hifigan`` is AudioLDM's 16 kHz / 64-band HiFi-GAN
 (transformers' SpeechT5HifiGan), loaded from a local folder.
 """
 
@@ -111,8 +111,8 @@ class LearnedGriffinLim(GriffinLim):
     the ``linear_spectrogram`` objective, through the updates. ``mel_mean`` / ``mel_std``
     centre the log-mel the network sees."""
 
-    def __init__(self, channels: int = 256, layers: int = 4, kernel_size: int = 7, n_iter: int = 32,
-                 momentum: float = 0.99, inverse_iter: int = 30, mel_mean: float = -5.0, mel_std: float = 2.0,
+    def __init__(self, channels: int = 96, layers: int = 2, kernel_size: int = 7, n_iter: int = 32,
+                 momentum: float = 0.99, inverse_iter: int = 10, mel_mean: float = -5.0, mel_std: float = 2.0,
                  audio=None):
         from tta_core.plugin import UsageError
 

@@ -68,10 +68,9 @@ finetune-demo: install
 	$(TTA) recipes/quickstart.yaml eval --adherence $(ADHERENCE_SETS) --out runs/quickstart_lora/before; \
 	t0=$$(date +%s); $(TTA) recipes/quickstart_lora.yaml train; t1=$$(date +%s); \
 	L=runs/quickstart_lora/lora/checkpoints/$$(cat runs/quickstart_lora/lora/checkpoints/latest); \
-	V=runs/quickstart_lora/vae_lora/checkpoints/$$(cat runs/quickstart_lora/vae_lora/checkpoints/latest); \
 	$(TTA) recipes/quickstart.yaml eval --adherence $(ADHERENCE_SETS) --out runs/quickstart_lora/adherence \
 	  --adapter $$L/unet.adapter.ema.safetensors:$(FINETUNE_UNET_SCALE) --adapter $$L/text.adapter.ema.safetensors \
-	  --adapter $$V/vae.adapter.safetensors; \
+	  --adapter runs/quickstart_lora/vae_lora; \
 	$(PY) scripts/finetune_check.py --before runs/quickstart_lora/before/eval.json \
 	  --after runs/quickstart_lora/adherence/eval.json --new $(FINETUNE_LABELS) --run runs/quickstart_lora; \
 	echo "make finetune-demo: done in $$(( $$(date +%s) - start )) s: fine-tuning $$(( t1 - t0 )) s;" \

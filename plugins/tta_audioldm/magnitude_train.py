@@ -77,12 +77,12 @@ class LinearSpectrogramObjective:
         mel, wave = batch["mel"], batch["wave"]
         if wave.ndim == 3:  # several channels: the vocoder makes the mono mix the mel is of
             wave = wave.mean(1)
-        predicted = self.vocoder(mel, output="log_magnitude").float()
+        predicted = self.vocoder(mel, output="magnitude").float()
         frames = predicted.shape[-1]
         keep = slice(self.edge, frames - self.edge)
         real = self.target(wave, frames).clamp(min=LOG_FLOOR)[..., keep]
         predicted = predicted[..., keep]
-        log_l1 = F.l1_loss(predicted, real.log())
-        convergence = torch.linalg.norm(real - predicted.exp()) / torch.linalg.norm(real)
+        log_l1 = F.l1_loss(predicted.clamp(min=LOG_FLOOR).log(), real.log())
+        convergence = torch.linalg.norm(real - predicted) / torch.linalg.norm(real)
         return {"main": log_l1 + self.convergence_weight * convergence,
                 "log/log_l1": log_l1.detach(), "log/convergence": convergence.detach()}

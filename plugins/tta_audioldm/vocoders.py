@@ -142,13 +142,10 @@ class LearnedGriffinLim(GriffinLim):
         return self.mel_magnitude(mel, start=torch.exp(shape.clamp(max=10.0)))
 
     def forward(self, mel: torch.Tensor, output: str = "wave") -> torch.Tensor:
-        """``output="wave"``: the wave [B, T * hop]; ``"log_magnitude"``: the log linear
-        magnitude [B, n_freq, T] Griffin-Lim starts from (what the objective trains)."""
-        from tta_core.plugin import LOG_FLOOR
-
-        if output == "log_magnitude":  # floored at the log-mel's floor
-            return torch.log(self.magnitude(mel).clamp(min=LOG_FLOOR))
-        return self.griffin_lim(self.magnitude(mel))
+        """``output="wave"``: the wave [B, T * hop]; ``"magnitude"``: the linear magnitude
+        [B, n_freq, T] Griffin-Lim starts from (what the objective trains)."""
+        magnitude = self.magnitude(mel)
+        return magnitude if output == "magnitude" else self.griffin_lim(magnitude)
 
 
 #: AudioLDM's vocoder configuration (16 kHz, 64 mel bands, 160x upsampling).

@@ -155,3 +155,56 @@ def test_a_network_built_empty_takes_the_weights_it_is_given_and_nothing_else():
         load_state(partial, short, "net.safetensors")
     # outside the block, modules are built as usual
     assert not any(p.is_meta for p in Net().parameters())
+
+
+def test_weights_files_are_read_by_safetensors_with_their_large_tensors_on_aligned_offsets(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    state = {"conv.weight": torch.randn(16, 8, 3), "conv.bias": torch.randn(5), "steps": torch.arange(3),
+             "half": torch.randn(7).half(), "bf": torch.randn(32, 2).bfloat16(), "flag": torch.tensor([True]),
+             "none": torch.zeros(0), "big": torch.randn(64, 64)}
+    path = tmp_path / "w.safetensors"
+    ckpt.save_weights(path, state, {"kind": "unet"})
+    read = load_file(str(path))  # the library's own reader
+    assert set(read) == set(state) and all(torch.equal(read[k], v) and read[k].dtype == v.dtype for k, v in state.items())
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata() == {"kind": "unet"}
+    mapped = ckpt.load_weights(path)
+    for name, t in state.items():
+        if t.numel() and t.numel() * t.element_size() % ckpt.ALIGNMENT == 0:
+            assert mapped[name].data_ptr() % ckpt.ALIGNMENT == 0, name
+
+
+def test_a_network_built_empty_takes_a_files_aligned_tensors_without_copying_and_never_writes_the_file(tmp_path):
+    import hashlib
+
+    from tta_core.checkpoint import empty_parameters, load_state, load_weights
+
+    def make():
+        return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 3),
+                                   torch.nn.Linear(3, 5))
+
+    torch.manual_seed(0)
+    trained = make()
+    path = tmp_path / "net.safetensors"
+    ckpt.save_weights(path, trained.state_dict())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with empty_parameters():
+        net = make()
+    state = load_weights(path)
+    at = {k: v.data_ptr() for k, v in state.items()}
+    load_state(net, state, str(path))
+    for k, v in trained.state_dict().items():
+        assert torch.equal(net.state_dict()[k], v)
+    # the weights whose size is a multiple of the alignment are the file's own tensors (nothing
+    # allocated for them); the last layer's 60-byte weight follows odd-sized biases in the
+    # file, off the boundary: it is copied into an aligned allocation
+    assert net[0].weight.data_ptr() == at["0.weight"] and net[2].weight.data_ptr() == at["2.weight"]
+    assert at["3.weight"] % ckpt.ALIGNMENT and net[3].weight.data_ptr() != at["3.weight"]
+    assert all(p.data_ptr() % ckpt.ALIGNMENT == 0 for p in net.parameters())
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)  # written in place: the process's own copy of the page
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    assert torch.equal(load_weights(path)["0.weight"], trained[0].weight.detach())

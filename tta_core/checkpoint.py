@@ -101,12 +101,56 @@ def _plain_state_dict(state_dict: Mapping[str, Any]) -> dict:
     return out
 
 
-def save_weights(path: str | os.PathLike, state_dict: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> None:
-    """Write a state dict as safetensors, atomically."""
-    from safetensors.torch import save
+#: bytes: where torch's CPU allocator places a tensor's data, and where :func:`save_weights`
+#: places every tensor whose size allows it (see :func:`load_state`)
+ALIGNMENT = 64
 
-    data = save(_plain_state_dict(state_dict), metadata=dict(metadata or {}))
-    atomic_write(path, data)
+_SAFETENSORS_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64", "int32": "I32",
+    "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL", "uint16": "U16", "uint32": "U32", "uint64": "U64",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+}
+
+
+def safetensors_bytes(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> bytes:
+    """A safetensors file whose tensors start on :data:`ALIGNMENT`-byte boundaries of the
+    file: the header is padded with spaces (as the format allows) to a multiple of it, and
+    the tensors whose size is a multiple of it come first. The format allows no gap between
+    tensors, so the others follow, largest element first (each still aligned to its element).
+    Mapped into memory, a page-aligned copy of the file then holds the weights where torch
+    would have allocated them. Any safetensors reader reads it."""
+    import torch
+
+    names = {name: str(t.dtype).removeprefix("torch.") for name, t in tensors.items()}
+    if any(d not in _SAFETENSORS_DTYPES for d in names.values()):
+        from safetensors.torch import save  # a dtype this writer does not name: the library's layout
+
+        return save(dict(tensors), metadata=dict(metadata) if metadata else None)
+
+    def size(t: Any) -> int:
+        return t.numel() * t.element_size()
+
+    order = sorted(tensors, key=lambda k: (size(tensors[k]) % ALIGNMENT != 0, -tensors[k].element_size(), k))
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name in order:
+        t = tensors[name]
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[names[name]], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + size(t)]}
+        offset += size(t)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-(8 + len(text)) % ALIGNMENT)
+    out = bytearray(len(text).to_bytes(8, "little") + text)
+    for name in order:
+        t = tensors[name]
+        if t.numel():
+            out += t.reshape(-1).view(torch.uint8).numpy().tobytes()
+    return bytes(out)
+
+
+def save_weights(path: str | os.PathLike, state_dict: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> None:
+    """Write a state dict as safetensors (:func:`safetensors_bytes`), atomically."""
+    atomic_write(path, safetensors_bytes(_plain_state_dict(state_dict), metadata))
 
 
 def load_weights(path: str | os.PathLike, device: str = "cpu") -> dict:
@@ -358,11 +402,14 @@ def load_state(module: Any, state: Mapping[str, Any], source: str, strict: bool 
     """Load ``state`` into ``module``. Strict: any missing, unexpected or reshaped key is an
     error listing them (then ``hint``). Not strict: load what fits and print what did not.
     A module built with :func:`empty_parameters` (placeholder parameters) cannot be copied
-    into: each tensor is moved out of ``state`` (a dict, emptied as it goes) into a fresh
-    allocation in the module's dtype that the module takes as its own, so that at most one tensor is held twice at a time (and the
-    weights sit where torch's allocator aligns them, as a module's own parameters do: the
-    kernels then compute exactly as on a module loaded by copying). A parameter left without
-    a value is an error."""
+    into: it takes the tensors of ``state`` (a dict, emptied as it goes) as its own. A tensor
+    read from a file by :func:`load_weights` is a private, copy-on-write map of the file:
+    taken as it is when it has the module's dtype and sits on an :data:`ALIGNMENT` boundary
+    (as every large tensor of a file :func:`save_weights` wrote does), nothing is allocated
+    or copied and the file is never written. Any other tensor is copied into a fresh
+    allocation in the module's dtype, one at a time. Either way the weights sit where torch's
+    allocator would align them, so the kernels compute exactly as on a module loaded by
+    copying. A parameter left without a value is an error."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -388,7 +435,10 @@ def load_state(module: Any, state: Mapping[str, Any], source: str, strict: bool 
         value = fits.pop(key)
         if isinstance(state, dict):
             state.pop(key, None)
-        moved[key] = torch.empty(value.shape, dtype=own[key].dtype, device=value.device).copy_(value)
+        if value.dtype == own[key].dtype and value.data_ptr() % ALIGNMENT == 0:
+            moved[key] = value  # the file's own tensor: nothing allocated, nothing copied
+        else:
+            moved[key] = torch.empty(value.shape, dtype=own[key].dtype, device=value.device).copy_(value)
         del value
     module.load_state_dict(moved, strict=False, assign=True)
     empty = [name for name, p in module.named_parameters() if p.is_meta]

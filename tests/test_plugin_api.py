@@ -175,6 +175,40 @@ def test_save_spectrogram_pictures_a_stereo_wave(tmp_path):
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_spectrogram_shows_each_tone_in_its_band_and_time(tmp_path):
+    """Two tones one after the other: in the picture, the brightest row of the first half of
+    the plot is the band of the first, and that of the second half the band of the second."""
+    import math
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from tta_core import media
+    from tta_core.plugin import AudioConfig, MelConfig, log_mel, save_spectrogram
+
+    audio = AudioConfig(sample_rate=16000, duration=1.0, mel=MelConfig(n_fft=1024, hop=160, win=1024, n_mels=64,
+                                                                        fmax=8000))
+    t = torch.arange(16000) / 16000
+    low, high = (0.5 * torch.sin(2 * math.pi * f * t) for f in (700.0, 3000.0))
+    wave = torch.cat([low[:8000], high[8000:]])
+    save_spectrogram(tmp_path / "s.png", wave, 16000, audio, "a low tone, then a high one")
+    picture = np.asarray(Image.open(tmp_path / "s.png").convert("RGB"), dtype=float)
+    assert picture.shape == (media._SIZE[1], media._SIZE[0], 3)
+    left, top = media._LEFT, media._TOP
+    right, bottom = media._SIZE[0] - media._RIGHT, media._SIZE[1] - media._BOTTOM
+    plot = picture[top:bottom, left:right]
+    bright = plot[..., 0] + plot[..., 1]  # viridis: yellow is loud, dark blue quiet
+    width = right - left
+
+    def band_of(rows: np.ndarray) -> float:  # the picture's row (from the top) as a mel band
+        return (len(rows) - 0.5 - float(np.argmax(rows))) / len(rows) * audio.mel.n_mels
+
+    for tone, cols in ((low, slice(width // 10, 4 * width // 10)), (high, slice(6 * width // 10, 9 * width // 10))):
+        expected = float(log_mel(tone[None], audio)[0, 0].mean(0).argmax())
+        assert abs(band_of(bright[:, cols].mean(1)) - expected) <= 1.5
+
+
 # -- the examples in CONTRIBUTING.md -------------------------------------------------------------
 
 

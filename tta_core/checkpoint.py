@@ -68,15 +68,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_file(path: Path, data: bytes) -> None:
+def _write_file(path: Path, data: Any) -> None:
+    """``data``: bytes, or an iterable of buffers written one after another."""
     with open(path, "wb") as f:
-        f.write(data)
+        for chunk in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+            f.write(chunk)
         f.flush()
         os.fsync(f.fileno())
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write a file so that readers see the old content or the new, never a part."""
+def atomic_write(path: str | os.PathLike, data: Any) -> None:
+    """Write a file so that readers see the old content or the new, never a part. ``data``:
+    text, bytes, or an iterable of buffers (written in turn, none joined in memory)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     _write_file(tmp, data.encode() if isinstance(data, str) else data)
@@ -112,9 +115,10 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def safetensors_bytes(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> bytes:
-    """A safetensors file whose tensors start on :data:`ALIGNMENT`-byte boundaries of the
-    file: the header is padded with spaces (as the format allows) to a multiple of it, and
+def _safetensors_chunks(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> list:
+    """A safetensors file, as its header followed by each tensor's bytes (views of the CPU
+    tensors, nothing copied), whose tensors start on :data:`ALIGNMENT`-byte boundaries of
+    the file: the header is padded with spaces (as the format allows) to a multiple of it, and
     the tensors whose size is a multiple of it come first. The format allows no gap between
     tensors, so the others follow, largest element first (each still aligned to its element).
     Mapped into memory, a page-aligned copy of the file then holds the weights where torch
@@ -125,7 +129,7 @@ def safetensors_bytes(tensors: Mapping[str, Any], metadata: Mapping[str, str] | 
     if any(d not in _SAFETENSORS_DTYPES for d in names.values()):
         from safetensors.torch import save  # a dtype this writer does not name: the library's layout
 
-        return save(dict(tensors), metadata=dict(metadata) if metadata else None)
+        return [save(dict(tensors), metadata=dict(metadata) if metadata else None)]
 
     def size(t: Any) -> int:
         return t.numel() * t.element_size()
@@ -140,17 +144,13 @@ def safetensors_bytes(tensors: Mapping[str, Any], metadata: Mapping[str, str] | 
         offset += size(t)
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-(8 + len(text)) % ALIGNMENT)
-    out = bytearray(len(text).to_bytes(8, "little") + text)
-    for name in order:
-        t = tensors[name]
-        if t.numel():
-            out += t.reshape(-1).view(torch.uint8).numpy().tobytes()
-    return bytes(out)
+    return [len(text).to_bytes(8, "little") + text,
+            *(tensors[k].reshape(-1).view(torch.uint8).numpy().data for k in order if tensors[k].numel())]
 
 
 def save_weights(path: str | os.PathLike, state_dict: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> None:
-    """Write a state dict as safetensors (:func:`safetensors_bytes`), atomically."""
-    atomic_write(path, safetensors_bytes(_plain_state_dict(state_dict), metadata))
+    """Write a state dict as safetensors (:func:`_safetensors_chunks`), atomically."""
+    atomic_write(path, _safetensors_chunks(_plain_state_dict(state_dict), metadata))
 
 
 def load_weights(path: str | os.PathLike, device: str = "cpu") -> dict:

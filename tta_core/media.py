@@ -8,6 +8,7 @@ objective's ``validate``), so every one of them writes the same formats. Heavy l
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -63,6 +64,13 @@ def _ticks(span: float, most: int) -> list[float]:
     return [i * step for i in range(int(span / step + 1e-9) + 1)]
 
 
+@functools.lru_cache(maxsize=1)
+def _font() -> Any:
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=11)
+
+
 def _label(value: float) -> str:
     return f"{value:g}" if abs(value - round(value, 2)) < 1e-9 else f"{value:.2f}"
 
@@ -73,7 +81,7 @@ def save_spectrogram(path: str | os.PathLike, wave: Any, sample_rate: int, audio
     titled ``title`` (the prompt): 640 x 240 pixels, viridis from the quietest value to the
     loudest, time across in seconds and mel bands up, drawn with Pillow."""
     import numpy as np
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     from .data.mel import log_mel
 
@@ -96,7 +104,7 @@ def save_spectrogram(path: str | os.PathLike, wave: Any, sample_rate: int, audio
     plot = Image.fromarray(pixels, "RGB").resize((box[2] - box[0], box[3] - box[1]), Image.BILINEAR)
     canvas.paste(plot, box[:2])
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default(size=11)
+    font = _font()
     draw.rectangle((box[0] - 1, box[1] - 1, box[2], box[3]), outline="black")
     seconds, bands = wave.numel() / sample_rate, mel.shape[0]
     for t in _ticks(seconds, 8):

@@ -16,6 +16,8 @@ PROCESSES = {
     "vp_v_trailing": lambda: VPDiscrete(betas="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                         prediction="v", spacing="trailing"),
     "vp_x0_cosine": lambda: VPDiscrete(betas="cosine", prediction="sample", spacing="linspace"),
+    "vp_v_zero_snr": lambda: VPDiscrete(betas="scaled_linear", beta_start=0.0015, beta_end=0.0195,
+                                        prediction="v", spacing="trailing", zero_terminal_snr=True),
     "v_diffusion": lambda: VDiffusion(),
     "rectified_flow_shift": lambda: RectifiedFlow(shift=3.0, time_scale=1000.0),
     "rectified_flow_x0": lambda: RectifiedFlow(prediction="sample"),
@@ -61,8 +63,9 @@ def test_every_sampler_samples_every_process(sampler_name, process_name):
     direct = sampler(gaussian_denoiser(0.5, 0.5), x_T, schedule, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(via_net, direct, atol=1e-4)
     # 100 steps of a first-order sampler land near the data's moments (DDPM's fixed_small
-    # variance and DDIM's discretisation both shrink the spread slightly)
-    assert abs(via_net.mean().item() - 0.5) < 0.02 and abs(via_net.std().item() - 0.5) < 0.04
+    # variance and DDIM's discretisation both shrink the spread slightly, DDPM's most from a
+    # zero-terminal-SNR start: 0.457 at 100 steps, 0.497 at 1000)
+    assert abs(via_net.mean().item() - 0.5) < 0.02 and abs(via_net.std().item() - 0.5) < 0.05
 
 
 def test_vp_schedule_rows_are_the_visited_timesteps_and_map_back_exactly():
@@ -91,6 +94,34 @@ def test_spacings_match_diffusers_timesteps():
             ours = VPDiscrete(betas="scaled_linear", spacing=spacing, steps_offset=1 if spacing == "leading" else 0)
             assert torch.equal(ours.timesteps(steps), ref.timesteps), (spacing, steps)
             assert torch.allclose(ours.alphas_cumprod, ref.alphas_cumprod)
+
+
+def test_zero_terminal_snr_matches_diffusers_rescale_and_ends_in_pure_noise():
+    from diffusers import DDIMScheduler
+
+    ref = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0195,
+                        rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    ours = VPDiscrete(betas="scaled_linear", beta_start=0.0015, beta_end=0.0195, prediction="v",
+                      spacing="trailing", zero_terminal_snr=True)
+    plain = VPDiscrete(betas="scaled_linear", beta_start=0.0015, beta_end=0.0195, prediction="v")
+    torch.testing.assert_close(ours.alphas_cumprod[:-1], ref.alphas_cumprod[:-1], rtol=1e-5, atol=1e-7)
+    assert ref.alphas_cumprod[-1] == 0 and 0 < ours.alphas_cumprod[-1] < 1e-8  # not 0: finite log-SNR
+    assert plain.alpha[-1] > 0.01  # the usual schedule keeps 1.2% of the signal at T-1
+    log_snr = 2 * (ours.alpha.log() - ours.sigma.log())
+    assert torch.isfinite(log_snr).all() and (log_snr[1:] < log_snr[:-1]).all()
+    # every level maps back to its own timestep, the last (the sampler's start) included
+    schedule = ours.schedule(25)
+    assert torch.equal(ours.net_time(schedule[:-1, 0], schedule[:-1, 1]), ours.timesteps(25).float())
+    assert ours.timesteps(25)[0] == 999
+    # training at T-1 sees what sampling starts from: noise with no trace of the signal
+    x0 = torch.full((4, 8), 15.0)  # a loud latent peak
+    pair = ours.training_pair(x0, generator=torch.Generator().manual_seed(0))
+    t = torch.full((4,), 999)
+    leak = (ours.alpha[t][:, None] * x0).abs().max()
+    assert leak < 1e-3 < (plain.alpha[t][:, None] * x0).abs().min()
+    assert pair.x_t.shape == x0.shape
+    with pytest.raises(ValueError, match="spacing"):
+        VPDiscrete(spacing="final", zero_terminal_snr=True)
 
 
 def test_cosine_betas_match_diffusers_squaredcos():

@@ -351,3 +351,22 @@ def test_import_then_lora_then_export_round_trip(exported, tmp_path):
     assert main([str(run / "recipe.yaml"), *args[1:-3], "--out", str(tmp_path / "base"), "--no-progress"]) == 0
     base, _ = soundfile.read(next((tmp_path / "base").glob("*.wav")), dtype="float32")
     assert float(np.abs(base - ours).max()) > 1e-3 * float(np.abs(ours).max())  # the adapter is in the audio
+
+
+def test_a_zero_terminal_snr_schedule_goes_out_as_diffusers_rescale(tmp_path):
+    """rescale_betas_zero_snr in, zero_terminal_snr in the run's process, the same flag out."""
+    from diffusers import AudioLDMPipeline
+
+    from tta_core.recipe import load_recipe
+
+    tiny_pipeline(tmp_path, "v_prediction")
+    config = tmp_path / "pipe" / "scheduler" / "scheduler_config.json"
+    raw = json.loads(config.read_text())
+    config.write_text(json.dumps(dict(raw, rescale_betas_zero_snr=True, timestep_spacing="trailing")))
+    run, out = tmp_path / "run", tmp_path / "exported"
+    assert main(["import", "audioldm-diffusers", str(tmp_path / "pipe"), "--out", str(run),
+                 "--set", f"audio.duration={DURATION}"]) == 0
+    assert load_recipe(run / "recipe.yaml").components["process"]["zero_terminal_snr"] is True
+    assert main(["export", "diffusers", str(run), "--out", str(out)]) == 0
+    got = AudioLDMPipeline.from_pretrained(out).scheduler.config
+    assert got["rescale_betas_zero_snr"] is True and got["timestep_spacing"] == "trailing"

@@ -290,3 +290,21 @@ def test_build_names_the_component_and_keeps_the_errors_text():
         build({"type": "picky", "kind_of_error": "other"}, "denoiser", registry)
     assert "IndexError: (no message) at test_faults_import.py:" in str(info.value)
     assert "raise IndexError()" in str(info.value)
+
+
+def test_a_zero_terminal_snr_scheduler_imports_as_the_process_option():
+    """rescale_betas_zero_snr: true becomes vp_discrete's zero_terminal_snr (the same levels
+    as diffusers' rescaled table); without it the process has no such key."""
+    from diffusers import DDIMScheduler
+    from tta_audioldm.importer import _process
+    from tta_core.diffusion import VPDiscrete
+
+    raw = {"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.0015,
+           "beta_end": 0.0195, "prediction_type": "v_prediction", "timestep_spacing": "trailing",
+           "clip_sample": False, "rescale_betas_zero_snr": True}
+    process, sampler = _process(dict(raw), [])
+    assert process["zero_terminal_snr"] is True and sampler == "ddim"
+    ours = VPDiscrete(**{k: v for k, v in process.items() if k != "type"})
+    ref = DDIMScheduler(**{k: v for k, v in raw.items() if k != "_class_name"})
+    torch.testing.assert_close(ours.alphas_cumprod[:-1], ref.alphas_cumprod[:-1], rtol=1e-5, atol=1e-7)
+    assert "zero_terminal_snr" not in _process(dict(raw, rescale_betas_zero_snr=False), [])[0]

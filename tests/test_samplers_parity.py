@@ -69,6 +69,27 @@ def test_ddim_matches_diffusers(prediction, steps, spacing, eta):
     torch.testing.assert_close(ours, ref, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("steps", [25, 50])
+def test_ddim_matches_diffusers_with_zero_terminal_snr(steps):
+    """v prediction on betas rescaled to zero terminal SNR, trailing spacing (Lin et al.):
+    diffusers' last alphabar is exactly 0, tta's about 4e-9 (finite log-SNR), so the first
+    step's clean estimate differs by sqrt(4e-9) * x_T, 6e-5 of it."""
+    from diffusers import DDIMScheduler
+
+    net = TinyNet()
+    x_T = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    ref = _drive(DDIMScheduler(**AUDIOLDM, set_alpha_to_one=False, prediction_type="v_prediction",
+                               timestep_spacing="trailing", rescale_betas_zero_snr=True), net, x_T, steps)
+    process = VPDiscrete(betas="scaled_linear", beta_start=0.0015, beta_end=0.0195, set_alpha_to_one=False,
+                         prediction="v", spacing="trailing", zero_terminal_snr=True)
+    ours = DDIM()(process.denoiser(net, None), x_T, process.schedule(steps))
+    plain = _ours("v_prediction", set_alpha_to_one=False, spacing="trailing")
+    without = DDIM()(plain.denoiser(net, None), x_T, plain.schedule(steps))
+    assert ref.abs().max() > 0.1
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
+    assert (without - ref).abs().max() > 1e-3  # ten times the tolerance: the rescale is what agrees
+
+
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("steps", [50, 100])
 def test_ddpm_matches_diffusers_with_the_same_noise(prediction, steps):

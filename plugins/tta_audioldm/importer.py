@@ -13,14 +13,14 @@ with the defaults of the class the pipeline loads it with):
   embedding L2-normalised as the pipeline does; the tokenizer folder is copied into the run);
 - ``vocoder/`` -> ``hifigan`` with its configuration (SpeechT5HifiGan's defaults filled in);
 - ``scheduler/scheduler_config.json`` -> the ``vp_discrete`` process (betas, prediction,
-  training steps, spacing, offset, final alpha) and the sampler of its class (DDIM for
-  ``DDIMScheduler``, DDPM for ``DDPMScheduler``; DDIM, with a note, for others).
+  training steps, spacing, offset, final alpha, ``rescale_betas_zero_snr`` as
+  ``zero_terminal_snr``) and the sampler of its class (DDIM for ``DDIMScheduler``, DDPM for
+  ``DDPMScheduler``; DDIM, with a note, for others).
 
 What tta cannot represent is refused before anything is written, naming the field: parts
 that are not AudioLDM's classes, a U-Net that does not fit the VAE's latents or the text
 encoder's vector, a scheduler with ``trained_betas``, another beta schedule or prediction,
-``clip_sample``, ``thresholding`` or ``rescale_betas_zero_snr`` (tta's samplers do none of
-them); the networks' own components refuse configurations they cannot build (kl_vae: other
+``clip_sample`` or ``thresholding`` (tta's samplers do neither); the networks' own components refuse configurations they cannot build (kl_vae: other
 than one mel channel, shifted or normalised latents; unet2d: inputs beyond tokens and a
 pooled vector).
 
@@ -202,8 +202,7 @@ def _process(raw: dict, notes: list[str]) -> tuple[dict, str]:
     spacing = sched.get("timestep_spacing", "leading")
     if spacing not in _SPACINGS:
         raise UsageError(f"{where}: timestep_spacing {spacing!r} is not one of {', '.join(_SPACINGS)}")
-    for key, what in (("rescale_betas_zero_snr", "rescales the betas to zero terminal SNR"),
-                      ("clip_sample", "clips each step's clean-signal estimate to clip_sample_range"),
+    for key, what in (("clip_sample", "clips each step's clean-signal estimate to clip_sample_range"),
                       ("thresholding", "thresholds each step's clean-signal estimate dynamically")):
         if sched.get(key):
             raise UsageError(f"{where}: {key} is true (the scheduler {what}); tta's processes and samplers do not, "
@@ -224,6 +223,8 @@ def _process(raw: dict, notes: list[str]) -> tuple[dict, str]:
         # DDPMScheduler (and those without the option) step to alpha 1 at the end
         "set_alpha_to_one": bool(sched.get("set_alpha_to_one", True)),
     }
+    if sched.get("rescale_betas_zero_snr"):
+        process["zero_terminal_snr"] = True
     return process, sampler
 
 

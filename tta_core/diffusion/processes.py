@@ -195,6 +195,18 @@ def make_betas(schedule: str, steps: int, beta_start: float, beta_end: float) ->
     raise ValueError(f"unknown beta schedule '{schedule}': linear, scaled_linear or cosine")
 
 
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Betas whose last level is pure noise (Lin et al. 2024, "Common Diffusion Noise Schedules
+    and Sample Steps are Flawed", Algorithm 1; diffusers' ``rescale_betas_zero_snr``):
+    sqrt(alphabar) is shifted so its last value is 0 and scaled so its first is unchanged."""
+    alphas_bar_sqrt = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = alphas_bar_sqrt[0].clone(), alphas_bar_sqrt[-1].clone()
+    alphas_bar_sqrt = (alphas_bar_sqrt - last) * (first / (first - last))
+    alphas_bar = alphas_bar_sqrt**2
+    alphas = torch.cat([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])
+    return 1 - alphas
+
+
 class VPDiscrete(_Process):
     """Discrete-time DDPM: ``num_train_timesteps`` levels with alpha = sqrt(alphabar_t).
 
@@ -212,12 +224,20 @@ class VPDiscrete(_Process):
         False: the first training level alphabar_0, as diffusers' DDIM with that flag
         (AudioLDM's scheduler config), so the result keeps a trace of noise at sigma ~ 0.04.
     snr_gamma: Min-SNR-gamma loss weighting (5 is the paper's choice); None: plain MSE.
+    zero_terminal_snr: rescale the betas so the last timestep is pure noise, as diffusers'
+        ``rescale_betas_zero_snr`` (Lin et al. 2024): training then sees what sampling starts
+        from, where the usual schedules leave a trace of the signal at t = T-1 (alpha 0.012
+        for AudioLDM's) that sampling's pure noise lacks. Use it with ``v`` prediction (epsilon
+        cannot recover a signal from pure noise) and ``trailing`` spacing (which starts at
+        T-1). The last alphabar is not 0 but continues the ratio of the two before it
+        (about 4e-9 for AudioLDM's betas; diffusers' DPM-Solver uses 2**-24 for the same
+        reason), so every sampler's log-SNR and sigma/alpha stay finite and ordered.
     """
 
     def __init__(self, num_train_timesteps: int = 1000, betas: BetaSchedule = "linear",
                  beta_start: float = 0.0001, beta_end: float = 0.02, prediction: Prediction = "epsilon",
                  spacing: Spacing = "leading", steps_offset: int = 0, set_alpha_to_one: bool = True,
-                 snr_gamma: float | None = None):
+                 snr_gamma: float | None = None, zero_terminal_snr: bool = False):
         if prediction not in ("epsilon", "v", "sample"):
             raise ValueError(f"prediction must be epsilon, v or sample, got {prediction!r}")
         if spacing not in ("leading", "linspace", "trailing"):
@@ -230,8 +250,14 @@ class VPDiscrete(_Process):
         self.spacing = spacing
         self.steps_offset = steps_offset
         self.set_alpha_to_one = set_alpha_to_one
+        self.zero_terminal_snr = bool(zero_terminal_snr)
         self.betas = make_betas(betas, num_train_timesteps, beta_start, beta_end)
+        if self.zero_terminal_snr:
+            self.betas = rescale_zero_terminal_snr(self.betas)
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+        if self.zero_terminal_snr:
+            ab = self.alphas_cumprod
+            ab[-1] = ab[-2] * (ab[-2] / ab[-3])
         # the same float32 operations diffusers' step() applies to alphas_cumprod
         self.alpha = self.alphas_cumprod ** 0.5
         self.sigma = (1 - self.alphas_cumprod) ** 0.5
@@ -302,7 +328,8 @@ class VPDiscrete(_Process):
     def __repr__(self) -> str:
         return (f"VPDiscrete(T={self.num_train_timesteps}, prediction={self.prediction}, "
                 f"spacing={self.spacing}, steps_offset={self.steps_offset}, "
-                f"set_alpha_to_one={self.set_alpha_to_one})")
+                f"set_alpha_to_one={self.set_alpha_to_one}"
+                + (", zero_terminal_snr=True)" if self.zero_terminal_snr else ")"))
 
 
 # -- continuous v-diffusion (audio-diffusion-pytorch) --------------------------------------------

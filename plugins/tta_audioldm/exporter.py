@@ -190,7 +190,7 @@ def _scheduler(pipeline: Any) -> Any:
                   beta_end=float(p["beta_end"]), beta_schedule=BETA_SCHEDULES[p["betas"]],
                   prediction_type=PREDICTION_TYPES[p["prediction"]], timestep_spacing=str(p["spacing"]),
                   steps_offset=int(p["steps_offset"]), clip_sample=False, thresholding=False,
-                  rescale_betas_zero_snr=bool(p.get("zero_terminal_snr", False)))
+                  rescale_betas_zero_snr=bool(p["zero_terminal_snr"]))
     if sampler == "ddpm":
         return diffusers.DDPMScheduler(**common, variance_type="fixed_small")
     return diffusers.DDIMScheduler(**common, set_alpha_to_one=bool(p["set_alpha_to_one"]))

@@ -20,9 +20,9 @@ with the defaults of the class the pipeline loads it with):
 What tta cannot represent is refused before anything is written, naming the field: parts
 that are not AudioLDM's classes, a U-Net that does not fit the VAE's latents or the text
 encoder's vector, a scheduler with ``trained_betas``, another beta schedule or prediction,
-``clip_sample`` or ``thresholding`` (tta's samplers do neither); the networks' own components refuse configurations they cannot build (kl_vae: other
-than one mel channel, shifted or normalised latents; unet2d: inputs beyond tokens and a
-pooled vector).
+``clip_sample`` or ``thresholding`` (tta's samplers do neither); the networks' own
+components refuse configurations they cannot build (kl_vae: other than one mel channel,
+shifted or normalised latents; unet2d: inputs beyond tokens and a pooled vector).
 
 The audio section follows the vocoder (rate, hop, mel bands) with AudioLDM's STFT
 (1024-point, 0-8 kHz); its duration is the pipeline's default length (the U-Net's

@@ -229,9 +229,9 @@ class VPDiscrete(_Process):
         from, where the usual schedules leave a trace of the signal at t = T-1 (alpha 0.012
         for AudioLDM's) that sampling's pure noise lacks. Use it with ``v`` prediction (epsilon
         cannot recover a signal from pure noise) and ``trailing`` spacing (which starts at
-        T-1). The last alphabar is not 0 but continues the ratio of the two before it
-        (about 4e-9 for AudioLDM's betas; diffusers' DPM-Solver uses 2**-24 for the same
-        reason), so every sampler's log-SNR and sigma/alpha stay finite and ordered.
+        T-1). The last beta repeats the one before it instead of being 1, so the last
+        alphabar is about 4e-9 for AudioLDM's betas, not 0 (diffusers' DPM-Solver uses 2**-24
+        for the same reason): every sampler's log-SNR and sigma/alpha stay finite and ordered.
     """
 
     def __init__(self, num_train_timesteps: int = 1000, betas: BetaSchedule = "linear",
@@ -254,10 +254,8 @@ class VPDiscrete(_Process):
         self.betas = make_betas(betas, num_train_timesteps, beta_start, beta_end)
         if self.zero_terminal_snr:
             self.betas = rescale_zero_terminal_snr(self.betas)
+            self.betas[-1] = self.betas[-2]  # not 1: the last alphabar is ~4e-9, not 0
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
-        if self.zero_terminal_snr:
-            ab = self.alphas_cumprod
-            ab[-1] = ab[-2] * (ab[-2] / ab[-3])
         # the same float32 operations diffusers' step() applies to alphas_cumprod
         self.alpha = self.alphas_cumprod ** 0.5
         self.sigma = (1 - self.alphas_cumprod) ** 0.5

@@ -187,7 +187,7 @@ def test_hifigan_loads_weights_saved_in_transformers_format(tmp_path):
     torch.manual_seed(0)
     small = {"upsample_initial_channel": 64}
     fresh = HiFiGAN(config=small).eval()
-    fresh.net.save_pretrained(tmp_path / "vocoder")
+    fresh.net.to_transformers().save_pretrained(tmp_path / "vocoder")  # written by transformers itself
     loaded = HiFiGAN(pretrained=str(tmp_path / "vocoder"), audio=AudioConfig()).eval()
     mel = torch.randn(2, 1, 10, 64)
     check_vocoder(loaded, mel)

@@ -462,8 +462,24 @@ def empty_parameters() -> Iterator[None]:
         if param is not None and not param.is_meta:
             module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
 
+    def skipping_meta(init: Any) -> Any:
+        # a placeholder has no values to draw (and torch's meta path of normal_ imports its compiler)
+        def draw(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+            return tensor if tensor.is_meta else init(tensor, *args, **kwargs)
+        return draw
+
+    inits = {name: getattr(torch.nn.init, name) for name in _INITIALISERS}
     torch.nn.Module.register_parameter = on_meta
+    for name, init in inits.items():
+        setattr(torch.nn.init, name, skipping_meta(init))
     try:
         yield
     finally:
         torch.nn.Module.register_parameter = register
+        for name, init in inits.items():
+            setattr(torch.nn.init, name, init)
+
+
+#: torch.nn.init's functions that draw or fill a tensor in place (skipped on placeholders)
+_INITIALISERS = ("normal_", "uniform_", "trunc_normal_", "kaiming_normal_", "kaiming_uniform_", "xavier_normal_",
+                 "xavier_uniform_", "orthogonal_", "zeros_", "ones_", "constant_")

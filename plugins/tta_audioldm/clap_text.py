@@ -20,10 +20,18 @@ of the empty prompt, the pipeline's unconditional input.
   position table holds.
 
 Frozen by default (eval mode, gradients off); a stage that lists it in ``trains`` turns both on.
+
+The tower is tta's own (:mod:`tta_audioldm.nets`: transformers' parameter names and
+embeddings) and a tokenizer folder with a ``tokenizer.json`` is read by the tokenizers library
+as transformers' fast tokenizer reads it, so that a sampling process does not import
+transformers; weights in another format than ``model.safetensors``, a hub id, or a
+configuration the tower does not cover go through transformers' classes.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -31,7 +39,8 @@ import torch.nn.functional as F
 
 from tta_core.plugin import Conditioning, TtaError
 
-from .pretrained import HashedWords, check_tokenizer, random_config
+from .nets import ClapTextModelWithProjection, clap_text_unsupported
+from .pretrained import HashedWords, check_tokenizer, json_tokenizer, random_config
 
 #: The text tower of laion's CLAP checkpoints (ClapTextConfig: roberta-base with a 512-wide
 #: projection), AudioLDM's pipelines' ``text_encoder``, for ``random_weights``.
@@ -63,13 +72,10 @@ class ClapTextConditioner(torch.nn.Module):
 
     def _build_random(self, pretrained: str | None, config: Mapping[str, Any] | None) -> None:
         """The network, random; hashed words over RoBERTa's vocabulary with its special ids."""
-        from transformers import ClapTextConfig, ClapTextModelWithProjection
-
         cfg = random_config(pretrained, CLAP_TEXT_CONFIGS, "clap_text", subfolder="text_encoder") \
             if pretrained is not None else dict(config)
         cfg = dict(cfg.get("text_config") or cfg)  # a whole ClapConfig holds the text tower's under text_config
-        cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version")}
-        self.model = ClapTextModelWithProjection(ClapTextConfig.from_dict(cfg))
+        self.model = _text_tower(cfg)
         c = self.model.config
         self.tokenizer = HashedWords(int(c.vocab_size), bos_id=c.bos_token_id, eos_id=c.eos_token_id,
                                      pad_id=c.pad_token_id, model_max_length=512)
@@ -78,15 +84,25 @@ class ClapTextConditioner(torch.nn.Module):
         source = tokenizer or pretrained
         if source is None:
             raise ValueError("clap_text: with config:, name the tokenizer's folder in tokenizer:")
-        from transformers import AutoTokenizer, ClapTextConfig, ClapTextModelWithProjection
-
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source)
-            if pretrained is not None:
+            self.tokenizer = json_tokenizer(source)
+            if self.tokenizer is None:
+                from transformers import AutoTokenizer
+
+                self.tokenizer = AutoTokenizer.from_pretrained(source)
+            folder = Path(pretrained) if pretrained is not None else None
+            if folder is not None and (folder / "config.json").is_file() and (folder / "model.safetensors").is_file() \
+                    and clap_text_unsupported(json.loads((folder / "config.json").read_text())) is None:
+                from safetensors.torch import load_file
+
+                self.model = _text_tower(json.loads((folder / "config.json").read_text()))
+                self.model.load_state_dict(load_file(str(folder / "model.safetensors")))
+            elif pretrained is not None:  # a hub id, or weights in another format: transformers reads them
+                from transformers import ClapTextModelWithProjection
+
                 self.model = ClapTextModelWithProjection.from_pretrained(pretrained)
             else:
-                cfg = {k: v for k, v in dict(config).items() if k not in ("architectures", "transformers_version")}
-                self.model = ClapTextModelWithProjection(ClapTextConfig(**cfg))
+                self.model = _text_tower(dict(config))
         except OSError as exc:
             raise TtaError(f"clap_text: cannot load from '{pretrained or source}' ({exc}). Offline, point "
                            "pretrained: and tokenizer: at local folders.") from None
@@ -102,3 +118,14 @@ class ClapTextConditioner(torch.nn.Module):
 
     def null(self, batch: int) -> Conditioning:
         return self.encode_text([""] * batch)
+
+
+def _text_tower(cfg: Mapping[str, Any]) -> torch.nn.Module:
+    """The text tower of a ClapTextConfig mapping: tta's own (tta_audioldm.nets) where it covers
+    it, else transformers'."""
+    cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version")}
+    if clap_text_unsupported(cfg) is None:
+        return ClapTextModelWithProjection(**cfg)
+    from transformers import ClapTextConfig, ClapTextModelWithProjection as TransformersTower
+
+    return TransformersTower(ClapTextConfig.from_dict(cfg))

@@ -125,9 +125,9 @@ class DiffusersExporter:
         from diffusers import AudioLDMPipeline
 
         notes: list[str] = []
-        parts = dict(text_encoder=pipeline.conditioner.model, tokenizer=_tokenizer(pipeline),
-                     unet=_unet(pipeline, notes), vae=_vae(pipeline.autoencoder), vocoder=pipeline.vocoder.net,
-                     scheduler=_scheduler(pipeline))
+        parts = dict(text_encoder=_as_transformers(pipeline.conditioner.model), tokenizer=_tokenizer(pipeline),
+                     unet=_unet(pipeline, notes), vae=_vae(pipeline.autoencoder),
+                     vocoder=_as_transformers(pipeline.vocoder.net), scheduler=_scheduler(pipeline))
         AudioLDMPipeline(**parts).save_pretrained(out, safe_serialization=True)
         return notes + _call_notes(pipeline)
 
@@ -140,6 +140,8 @@ def _tokenizer(pipeline: Any) -> Any:
 
     cond = pipeline.conditioner
     tok = cond.tokenizer
+    if hasattr(tok, "to_transformers"):  # read by the tokenizers library: transformers' own of its folder
+        tok = tok.to_transformers()
     if not isinstance(tok, PreTrainedTokenizerBase):
         raise UsageError(f"{pipeline.roles['conditioner']}: its tokenizer ({type(tok).__name__}) is not one "
                          "transformers can save and diffusers load")
@@ -165,7 +167,17 @@ def _unet(pipeline: Any, notes: list[str]) -> Any:
         notes.append(f"{name}: the network pads latent frames to a multiple of {mt} and the pipeline's does not: "
                      f"they agree for audio_length_in_s a multiple of {step:g} s"
                      + ("" if frames % mt == 0 else f" (the recipe's {pipeline.audio.duration:g} s is not)"))
-    return den.unet
+    return _as_diffusers(den.unet)
+
+
+def _as_diffusers(net: Any) -> Any:
+    """diffusers' class of a network: tta's own (tta_audioldm.nets) converted, weights and all."""
+    return net.to_diffusers() if hasattr(net, "to_diffusers") else net
+
+
+def _as_transformers(net: Any) -> Any:
+    """transformers' class of a network: tta's own (tta_audioldm.nets) converted, weights and all."""
+    return net.to_transformers() if hasattr(net, "to_transformers") else net
 
 
 def _vae(ae: Any) -> Any:
@@ -173,7 +185,7 @@ def _vae(ae: Any) -> Any:
     configuration writes it when that is the same number in float32)."""
     import torch
 
-    vae, scale = ae.vae, ae.scale_factor.detach().float().cpu()
+    vae, scale = _as_diffusers(ae.vae), ae.scale_factor.detach().float().cpu()
     if not torch.equal(torch.tensor(float(vae.config.scaling_factor), dtype=torch.float32), scale):
         vae.register_to_config(scaling_factor=float(scale))
     return vae

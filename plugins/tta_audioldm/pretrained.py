@@ -51,6 +51,87 @@ def random_config(source: str, table: Mapping[str, Mapping[str, Any]], who: str,
                      "config.json")
 
 
+class Encoding(dict):
+    """Token ids and attention mask, read as keys or attributes (as transformers' BatchEncoding)."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+#: The tokenizer classes whose tokenizer.json :class:`JsonTokenizer` runs as transformers does.
+JSON_TOKENIZER_CLASSES = (None, "RobertaTokenizer", "RobertaTokenizerFast")
+
+
+class JsonTokenizer:
+    """A tokenizer folder's ``tokenizer.json``, run by the tokenizers library as transformers'
+    fast tokenizer runs it (its special tokens, truncation to ``max_length`` around them, right
+    padding with the pad token), without importing transformers. :func:`json_tokenizer` says
+    which folders it reads; others go to transformers' AutoTokenizer."""
+
+    def __init__(self, folder: str | Path):
+        from tokenizers import Tokenizer
+
+        self.folder = Path(folder)
+        self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        cfg = _tokenizer_config(self.folder)
+        self.model_max_length = int(cfg.get("model_max_length") or 10 ** 30)
+        self.pad_token = _token_text(cfg.get("pad_token"))
+        self.pad_token_id = self.tokenizer.token_to_id(self.pad_token) if self.pad_token is not None else None
+
+    def __len__(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def __call__(self, texts: list[str], padding: bool | str = False, truncation: bool = False,
+                 max_length: int | None = None, return_tensors: str | None = None, **_: Any) -> Encoding:
+        import torch
+
+        tok = self.tokenizer
+        if truncation:
+            tok.enable_truncation(max_length=int(max_length or self.model_max_length))
+        else:
+            tok.no_truncation()
+        if padding:
+            if self.pad_token_id is None:
+                raise ValueError(f"the tokenizer in {self.folder} has no pad_token to pad with")
+            length = int(max_length or self.model_max_length) if padding == "max_length" else None
+            tok.enable_padding(pad_id=self.pad_token_id, pad_token=self.pad_token, length=length)
+        else:
+            tok.no_padding()
+        rows = tok.encode_batch(list(texts))
+        ids, mask = [r.ids for r in rows], [r.attention_mask for r in rows]
+        if return_tensors == "pt":
+            ids, mask = torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+        return Encoding({"input_ids": ids, "attention_mask": mask})
+
+    def to_transformers(self) -> Any:
+        """transformers' tokenizer of the same folder (for ``tta-run export``)."""
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(self.folder))
+
+
+def json_tokenizer(folder: str | None) -> JsonTokenizer | None:
+    """The folder's tokenizer as :class:`JsonTokenizer` when it has a ``tokenizer.json`` of a
+    RoBERTa-style tokenizer (CLAP's), else None."""
+    if folder is None or not (Path(folder) / "tokenizer.json").is_file():
+        return None
+    if _tokenizer_config(Path(folder)).get("tokenizer_class") not in JSON_TOKENIZER_CLASSES:
+        return None
+    return JsonTokenizer(folder)
+
+
+def _tokenizer_config(folder: Path) -> dict:
+    file = folder / "tokenizer_config.json"
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def _token_text(token: Any) -> str | None:
+    return token.get("content") if isinstance(token, dict) else token
+
+
 class HashedWords:
     """A tokenizer that needs no vocabulary file, for networks built with random weights and a
     real vocabulary size: lower-cased words hashed into ``vocab_size`` ids, between the model's
@@ -69,20 +150,19 @@ class HashedWords:
     def __call__(self, texts: list[str], padding: bool | str = True, truncation: bool = False,
                  max_length: int | None = None, return_tensors: str | None = None, **_: Any) -> Any:
         import torch
-        from transformers import BatchEncoding
 
         start = [] if self.bos_token_id is None else [self.bos_token_id]
         rows = [start + self.words.ids_of(text) + [self.eos_token_id] for text in texts]
         if truncation and max_length:
             rows = [row if len(row) <= max_length else row[: max_length - 1] + [self.eos_token_id] for row in rows]
         if return_tensors is None:
-            return BatchEncoding({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
+            return Encoding({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
         length = max_length if padding == "max_length" and max_length else max(len(r) for r in rows)
         ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), length), dtype=torch.long)
         for i, row in enumerate(rows):
             ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-        return BatchEncoding({"input_ids": ids, "attention_mask": mask})
+        return Encoding({"input_ids": ids, "attention_mask": mask})
 
 
 def checkpoint_layers(model: Any) -> None:

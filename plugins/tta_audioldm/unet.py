@@ -1,4 +1,4 @@
-"""``unet2d``: the AudioLDM denoiser, on diffusers' UNet2DConditionModel.
+"""``unet2d``: the AudioLDM denoiser, diffusers' UNet2DConditionModel.
 
 Conditioning (tta_core.interfaces.Conditioning):
 - ``tokens`` [B, L, D] via cross-attention (T5, CLIP): set ``cross_attention_dim: D``;
@@ -25,6 +25,10 @@ whose network needs other inputs (``addition_embed_type``, ``encoder_hid_dim``,
 embedding or cross-attention width disagrees with ``pooled_dim`` / ``cross_attention_dim``, is
 refused naming the field. Such a network takes latents at their own size, unpadded, as its
 pipeline gives them (diffusers upsamples each level to its skip connection's size).
+
+The network is tta's own (:mod:`tta_audioldm.nets`: diffusers' parameter names and outputs,
+without importing diffusers) for every configuration it covers, which is every one built here
+and the AudioLDM-style ones a ``diffusers_config`` gives; any other is diffusers' class.
 """
 
 from __future__ import annotations
@@ -57,8 +61,6 @@ class UNet2D(torch.nn.Module):
         diffusers_config: dict | None = None,
     ):
         super().__init__()
-        from diffusers import UNet2DConditionModel
-
         channels = tuple(channels)
         patch = [patch_size] * 2 if isinstance(patch_size, (int, float)) else list(patch_size)
         if len(patch) != 2 or any(int(p) != p or p < 1 for p in patch):
@@ -71,7 +73,7 @@ class UNet2D(torch.nn.Module):
             if self.patch != (1, 1):
                 raise ValueError("unet2d: patch_size is for networks built here, not with diffusers_config")
             _check_diffusers_config(dict(diffusers_config), cross_attention_dim, pooled_dim)
-            self.unet = UNet2DConditionModel.from_config(dict(diffusers_config))
+            self.unet = build_unet(dict(diffusers_config))
             # sizes as given, as the network's own pipeline passes them (diffusers upsamples to each skip's size)
             self._finish(cross_attention_dim, pooled_dim, (1, 1), gradient_checkpointing)
             return
@@ -81,7 +83,7 @@ class UNet2D(torch.nn.Module):
         cross = cross_attention_dim is not None
         down = tuple(("CrossAttnDownBlock2D" if cross else "AttnDownBlock2D") if a else "DownBlock2D" for a in attention)
         up = tuple(("CrossAttnUpBlock2D" if cross else "AttnUpBlock2D") if a else "UpBlock2D" for a in reversed(attention))
-        self.unet = UNet2DConditionModel(
+        self.unet = build_unet(dict(
             in_channels=in_channels * self.patch[0] * self.patch[1], out_channels=in_channels * self.patch[0] * self.patch[1],
             down_block_types=down, up_block_types=up,
             mid_block_type="UNetMidBlock2DCrossAttn" if cross else "UNetMidBlock2D",
@@ -93,12 +95,11 @@ class UNet2D(torch.nn.Module):
             class_embed_type="simple_projection" if pooled_dim else None,
             projection_class_embeddings_input_dim=pooled_dim,
             class_embeddings_concat=pooled_concat,
-        )
+        ))
         self._finish(cross_attention_dim, pooled_dim, tuple(p * 2 ** (len(channels) - 1) for p in self.patch),
                      gradient_checkpointing)
 
     def _finish(self, cross_attention_dim, pooled_dim, multiple: tuple[int, int], gradient_checkpointing: bool) -> None:
-        self.unet.set_attn_processor(_attention_processor())
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.cross_attention_dim, self.pooled_dim = cross_attention_dim, pooled_dim
@@ -183,19 +184,29 @@ def _unpatch(x: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
     return x.reshape(b, c // (pt * pf), h * pt, w * pf)
 
 
-#: On a CPU, attention over at most this many positions trains on torch's plain math kernel
-SHORT_ATTENTION = 256
+def build_unet(config: dict) -> torch.nn.Module:
+    """The U-Net of a diffusers configuration: tta's own where it covers it, else diffusers'
+    (with the attention processor below)."""
+    from .nets import UNet2DConditionModel, unet_unsupported
+
+    if unet_unsupported(config) is None:
+        return UNet2DConditionModel(**config)
+    from diffusers import UNet2DConditionModel as DiffusersUNet
+
+    net = DiffusersUNet.from_config(config)
+    net.set_attn_processor(_attention_processor())
+    return net
 
 
 def _attention_processor():
-    """diffusers' scaled-dot-product attention, with one exception on a CPU: a training step
-    (gradients on) over short sequences (at most SHORT_ATTENTION positions, the quickstart's
-    latents) runs torch's plain math kernel, which is a few percent faster there with its
-    backward. Everywhere else the fused kernel wins, by 2-5x at AudioLDM's sizes (1024-2048
-    positions), and sampling always takes it. Chosen per call, inside the processor, so
-    that gradient checkpointing recomputes with the same kernel."""
+    """diffusers' scaled-dot-product attention through :func:`tta_audioldm.nets.attention`,
+    which picks torch's plain math kernel for a CPU training step over short sequences. Chosen
+    per call, inside the processor, so that gradient checkpointing recomputes with the same
+    kernel."""
     from diffusers.models.attention_processor import AttnProcessor2_0
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from .nets import SHORT_ATTENTION
 
     class CPUAttention(AttnProcessor2_0):
         def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,

@@ -1,4 +1,4 @@
-"""``kl_vae``: the AudioLDM / Amphion mel autoencoder, on diffusers' AutoencoderKL.
+"""``kl_vae``: the AudioLDM / Amphion mel autoencoder, diffusers' AutoencoderKL.
 
 log-mel [B, 1, T, F] -> latent [B, C, T / r, F / r] with r = 2 ** (len(channels) - 1).
 The latent is scaled by ``scale_factor`` (AudioLDM's scale-by-std: 1 / std of the latents,
@@ -22,6 +22,10 @@ steps learning a bias).
 ``gradient_checkpointing: true``: the encoder's and decoder's blocks recompute their
 activations in the backward pass instead of keeping them (diffusers' gradient checkpointing):
 less memory while the VAE trains, more compute; nothing changes when it is frozen.
+
+The network is tta's own (:mod:`tta_audioldm.nets`: diffusers' parameter names and outputs,
+without importing diffusers) for ``DownEncoderBlock2D`` / ``UpDecoderBlock2D`` layouts, which
+are every one built here and AudioLDM's; any other ``diffusers_config`` is diffusers' class.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ class KLVAE(torch.nn.Module):
         audio=None,
     ):
         super().__init__()
-        from diffusers import AutoencoderKL
+        from .nets import AutoencoderKL, vae_unsupported
 
         if diffusers_config is not None:  # a diffusers vae/config.json decides the structure, its groups too
             cfg = {**_AUTOENCODER_KL_DEFAULTS, **dict(diffusers_config)}
@@ -78,8 +82,12 @@ class KLVAE(torch.nn.Module):
         if any(c % norm_groups for c in channels):
             raise ValueError(f"kl_vae: every channel count must be a multiple of the {norm_groups} normalisation "
                              f"groups (norm_groups, or diffusers_config's norm_num_groups), got {channels}")
-        if diffusers_config is not None:
-            self.vae = AutoencoderKL.from_config(dict(diffusers_config))
+        if diffusers_config is not None and vae_unsupported(dict(diffusers_config)) is not None:
+            from diffusers import AutoencoderKL as DiffusersAutoencoderKL
+
+            self.vae = DiffusersAutoencoderKL.from_config(dict(diffusers_config))
+        elif diffusers_config is not None:
+            self.vae = AutoencoderKL(**dict(diffusers_config))
         else:
             self.vae = AutoencoderKL(
                 in_channels=1, out_channels=1, latent_channels=latent_channels,
@@ -110,7 +118,7 @@ class KLVAE(torch.nn.Module):
         return torch.nn.functional.pad(mel, (0, 0, 0, extra), value=float(mel.min())) if extra else mel
 
     def posterior(self, mel: torch.Tensor):
-        """diffusers' DiagonalGaussianDistribution of the unscaled latent."""
+        """The unscaled latent's diagonal Gaussian (diffusers' DiagonalGaussianDistribution)."""
         return self.vae.encode((self._pad(mel) - self.mel_mean) / self.mel_std).latent_dist
 
     def encode(self, mel: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -5,11 +5,14 @@ recipe's own mel filterbank (a non-negative inverse, or its pseudo-inverse), the
 recovered by Griffin-Lim (torchaudio) with the recipe's STFT settings. ``learned_griffin_lim``
 starts the inverse from a shape a trained network predicts (after Tacotron's
 linear-spectrogram post-net; trained by the ``linear_spectrogram`` objective). ``hifigan`` is AudioLDM's 16 kHz / 64-band HiFi-GAN
-(transformers' SpeechT5HifiGan), loaded from a local folder.
+(transformers' SpeechT5HifiGan, built by :mod:`tta_audioldm.nets` with the same names, outputs
+and initial weights, without importing transformers), loaded from a local folder.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -172,21 +175,28 @@ class HiFiGAN(torch.nn.Module):
     def __init__(self, pretrained: str | None = None, config: Mapping[str, Any] | None = None, audio=None,
                  random_weights: bool = False):
         super().__init__()
-        from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
+        from .nets import SpeechT5HifiGan
 
         if pretrained is not None and random_weights:
             from .pretrained import random_config
 
             cfg = random_config(pretrained, HIFIGAN_CONFIGS, "hifigan", subfolder="vocoder")
-            cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version")}
-            self.net = SpeechT5HifiGan(SpeechT5HifiGanConfig.from_dict({**cfg, **dict(config or {})}))
-        elif pretrained is not None:
+            self.net = SpeechT5HifiGan(**{**cfg, **dict(config or {})})
+        elif pretrained is not None and (Path(pretrained) / "model.safetensors").is_file() \
+                and (Path(pretrained) / "config.json").is_file():
+            from safetensors.torch import load_file
+
+            self.net = SpeechT5HifiGan(**json.loads((Path(pretrained) / "config.json").read_text()))
+            self.net.load_state_dict(load_file(str(Path(pretrained) / "model.safetensors")))
+        elif pretrained is not None:  # a hub id, or weights in another format: transformers reads them
+            from transformers import SpeechT5HifiGan as TransformersHifiGan
+
             try:
-                self.net = SpeechT5HifiGan.from_pretrained(pretrained)
+                self.net = TransformersHifiGan.from_pretrained(pretrained)
             except OSError as exc:
                 raise TtaError(f"hifigan: cannot load weights from '{pretrained}': {exc}") from None
         else:
-            self.net = SpeechT5HifiGan(SpeechT5HifiGanConfig(**{**AUDIOLDM_HIFIGAN, **dict(config or {})}))
+            self.net = SpeechT5HifiGan(**{**AUDIOLDM_HIFIGAN, **dict(config or {})})
         cfg = self.net.config
         self.sample_rate = int(cfg.sampling_rate)
         self.hop_length = int(torch.tensor(cfg.upsample_rates).prod())

@@ -642,7 +642,7 @@ class DecoderOutput:
 
 
 class _Coder(nn.Module):
-    gradient_checkpointing = False
+    """diffusers' ``Encoder`` (``encoder=True``) or ``Decoder`` of an AutoencoderKL."""
 
     def __init__(self, cfg: Config, cin: int, cout: int, encoder: bool):
         super().__init__()
@@ -723,7 +723,7 @@ class AutoencoderKL(nn.Module):
 
     def enable_gradient_checkpointing(self) -> None:
         for m in self.modules():
-            if isinstance(m, (_Block, _Coder)):
+            if isinstance(m, _Block):
                 m.gradient_checkpointing = True
 
     def encode(self, x: torch.Tensor) -> EncoderOutput:

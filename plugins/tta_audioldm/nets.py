@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .pretrained import AttrDict as Config
+
 #: On a CPU, attention over at most this many positions trains on torch's plain math kernel
 SHORT_ATTENTION = 256
 
@@ -68,20 +70,21 @@ _UP = {"UpBlock2D", "CrossAttnUpBlock2D", "AttnUpBlock2D"}
 _MID = {"UNetMidBlock2DCrossAttn", "UNetMidBlock2D", None}
 
 
-class Config(dict):
-    """A network's configuration, read as keys or attributes (as diffusers' ``config``)."""
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
-
-
 def _config(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> Config:
+    """A network's configuration: the library's defaults, updated by the keys given (diffusers'
+    bookkeeping keys, ``_class_name`` and the like, left out); read as keys or attributes."""
     cfg = Config(defaults)
     cfg.update({k: v for k, v in given.items() if not k.startswith("_")})
     return cfg
+
+
+def _checked_config(network: str, library: str, defaults: Mapping[str, Any], unsupported: Any,
+                    given: Mapping[str, Any]) -> Config:
+    """:func:`_config`, or ValueError naming the field when ``unsupported`` refuses it."""
+    reason = unsupported(given)
+    if reason is not None:
+        raise ValueError(f"tta's {network} does not build {reason}: use {library}' class")
+    return _config(defaults, given)
 
 
 def unet_unsupported(config: Mapping[str, Any]) -> str | None:
@@ -481,10 +484,7 @@ class UNet2DConditionModel(nn.Module):
 
     def __init__(self, **config: Any):
         super().__init__()
-        reason = unet_unsupported(config)
-        if reason is not None:
-            raise ValueError(f"tta's UNet2DConditionModel does not build {reason}: use diffusers' class")
-        self.config = cfg = _config(UNET_DEFAULTS, config)
+        self.config = cfg = _checked_config("UNet2DConditionModel", "diffusers", UNET_DEFAULTS, unet_unsupported, config)
         channels = list(cfg.block_out_channels)
         n = len(channels)
         down_types, up_types = list(cfg.down_block_types), list(cfg.up_block_types)
@@ -704,10 +704,7 @@ class AutoencoderKL(nn.Module):
 
     def __init__(self, **config: Any):
         super().__init__()
-        reason = vae_unsupported(config)
-        if reason is not None:
-            raise ValueError(f"tta's AutoencoderKL does not build {reason}: use diffusers' class")
-        self.config = cfg = _config(VAE_DEFAULTS, config)
+        self.config = cfg = _checked_config("AutoencoderKL", "diffusers", VAE_DEFAULTS, vae_unsupported, config)
         latent = int(cfg.latent_channels)
         self.encoder = _Coder(cfg, cfg.in_channels, 2 * latent, encoder=True)
         self.decoder = _Coder(cfg, latent, cfg.out_channels, encoder=False)
@@ -982,10 +979,7 @@ class ClapTextModelWithProjection(nn.Module):
 
     def __init__(self, **config: Any):
         super().__init__()
-        reason = clap_text_unsupported(config)
-        if reason is not None:
-            raise ValueError(f"tta's ClapTextModelWithProjection does not build {reason}: use transformers' class")
-        self.config = cfg = _config(CLAP_TEXT_DEFAULTS, config)
+        self.config = cfg = _checked_config("ClapTextModelWithProjection", "transformers", CLAP_TEXT_DEFAULTS, clap_text_unsupported, config)
         self.text_model = _TextModel(cfg)
         self.text_projection = _Projection(cfg)
         factor = float(cfg.initializer_factor)

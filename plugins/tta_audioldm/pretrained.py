@@ -51,8 +51,9 @@ def random_config(source: str, table: Mapping[str, Mapping[str, Any]], who: str,
                      "config.json")
 
 
-class Encoding(dict):
-    """Token ids and attention mask, read as keys or attributes (as transformers' BatchEncoding)."""
+class AttrDict(dict):
+    """A mapping read as keys or attributes: a network's configuration (as diffusers' and
+    transformers' ``config``), or token ids and attention mask (as transformers' BatchEncoding)."""
 
     def __getattr__(self, key: str) -> Any:
         try:
@@ -85,7 +86,7 @@ class JsonTokenizer:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def __call__(self, texts: list[str], padding: bool | str = False, truncation: bool = False,
-                 max_length: int | None = None, return_tensors: str | None = None, **_: Any) -> Encoding:
+                 max_length: int | None = None, return_tensors: str | None = None, **_: Any) -> AttrDict:
         import torch
 
         tok = self.tokenizer
@@ -104,7 +105,7 @@ class JsonTokenizer:
         ids, mask = [r.ids for r in rows], [r.attention_mask for r in rows]
         if return_tensors == "pt":
             ids, mask = torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
-        return Encoding({"input_ids": ids, "attention_mask": mask})
+        return AttrDict({"input_ids": ids, "attention_mask": mask})
 
     def to_transformers(self) -> Any:
         """transformers' tokenizer of the same folder (for ``tta-run export``)."""
@@ -156,13 +157,13 @@ class HashedWords:
         if truncation and max_length:
             rows = [row if len(row) <= max_length else row[: max_length - 1] + [self.eos_token_id] for row in rows]
         if return_tensors is None:
-            return Encoding({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
+            return AttrDict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
         length = max_length if padding == "max_length" and max_length else max(len(r) for r in rows)
         ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), length), dtype=torch.long)
         for i, row in enumerate(rows):
             ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-        return Encoding({"input_ids": ids, "attention_mask": mask})
+        return AttrDict({"input_ids": ids, "attention_mask": mask})
 
 
 def checkpoint_layers(model: Any) -> None:

@@ -320,3 +320,23 @@ sys.exit(code or (1 if heavy else 0))
                                   "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert (tmp_path / "out" / "manifest.jsonl").is_file()
+
+
+def test_clap_text_reads_a_transformers_folder_into_its_own_tower(tmp_path):
+    """pretrained: a folder transformers saved (config.json + model.safetensors) builds tta's
+    tower from the file's tensors and embeds prompts as transformers' tower and tokenizer do."""
+    from tta_audioldm.clap_text import ClapTextConditioner
+
+    torch.manual_seed(0)
+    ref = transformers.ClapTextModelWithProjection(transformers.ClapTextConfig(**dict(CLAP, vocab_size=300))).eval()
+    ref.save_pretrained(tmp_path / "text_encoder")
+    tokenizer = _bpe_tokenizer_folder(tmp_path / "tok")
+    cond = ClapTextConditioner(pretrained=str(tmp_path / "text_encoder"), tokenizer=str(tokenizer))
+    assert isinstance(cond.model, nets.ClapTextModelWithProjection)
+    texts = ["a dog barks in the rain", ""]
+    enc = transformers.AutoTokenizer.from_pretrained(str(tokenizer))(texts, padding="max_length", max_length=16,
+                                                                     truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(ref(input_ids=enc.input_ids, attention_mask=enc.attention_mask)
+                                             .text_embeds, dim=-1)
+        assert torch.allclose(cond.encode_text(texts).pooled, want, atol=1e-5)

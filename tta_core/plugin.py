@@ -33,11 +33,14 @@ conditioner, autoencoder, denoiser, vocoder, embedder
     and the value ``Conditioning``; audio settings ``AudioConfig``, ``MelConfig`` and the
     training mel ``log_mel``, ``LogMel``, ``mel_filterbank`` (a vocoder or embedder that
     must see the mel the models were trained on) and its floor ``LOG_FLOOR``; weights: ``load_state`` (with a message
-    naming missing and unexpected keys), ``torch_load`` (``weights_only``, no pickled code).
+    naming missing and unexpected keys), ``torch_load`` (``weights_only``, no pickled code),
+    ``empty_parameters`` (build a network as placeholders that ``load_state`` then fills: no
+    initialisation, weights held once).
 process, sampler
     ``Process``, ``Sampler``, ``DenoiseFn``, ``TrainingPair``; the built-in processes and
     samplers to compose with: ``VPDiscrete``, ``VDiffusion``, ``RectifiedFlow``, ``DDPM``,
-    ``DDIM``, ``VSampler``; ``initial_noise`` and ``start_scale`` (where a schedule starts).
+    ``DDIM``, ``VSampler``; ``initial_noise`` and ``start_scale`` (where a schedule starts);
+    ``draw_normal`` (noise drawn on the generator's device and moved, as diffusers draws it).
 objective
     ``Objective``, ``StageContext``; ``training_dataset`` (the stage's examples: cached mels
     and/or waves, cropped as the stage says) and ``collate``; ``channels_problem`` and
@@ -96,6 +99,7 @@ _LAZY = {
     "shipped_recipe": "tta_core.importing:shipped_recipe",
     "load_state": "tta_core.checkpoint:load_state",
     "torch_load": "tta_core.checkpoint:torch_load",
+    "empty_parameters": "tta_core.checkpoint:empty_parameters",
     "resolve_roles": "tta_core.roles:resolve_roles",
     "audio_config": "tta_core.sampling:audio_config",
     "save_spectrogram": "tta_core.media:save_spectrogram",
@@ -108,6 +112,7 @@ _LAZY = {
     "VSampler": "tta_core.diffusion:VSampler",
     "RectifiedFlow": "tta_core.diffusion:RectifiedFlow",
     "initial_noise": "tta_core.diffusion:initial_noise",
+    "draw_normal": "tta_core.diffusion.processes:draw_normal",
     "start_scale": "tta_core.diffusion:start_scale",
     "copy_adapters": "tta_core.adapters:copy_adapters",
     "ShardSource": "tta_core.data.stream:ShardSource",
@@ -116,7 +121,7 @@ _LAZY = {
 
 if TYPE_CHECKING:  # what type checkers and editors see of the names above
     from .adapters import copy_adapters
-    from .checkpoint import load_state, torch_load
+    from .checkpoint import empty_parameters, load_state, torch_load
     from .data.audio import channels_problem, with_channels
     from .data.dataset import collate
     from .data.mel import LogMel, log_mel, mel_filterbank
@@ -124,6 +129,7 @@ if TYPE_CHECKING:  # what type checkers and editors see of the names above
     from .data.stream import expand as expand_shards
     from .diffusion import (DDIM, DDPM, RectifiedFlow, TrainingPair, VDiffusion, VPDiscrete, VSampler, initial_noise,
                             start_scale)
+    from .diffusion.processes import draw_normal
     from .importing import Imported, find_prefix, read_tensors, shipped_recipe, state_dict_of, under
     from .media import save_spectrogram, write_audio
     from .roles import resolve_roles
@@ -210,10 +216,11 @@ __all__ = [
     "DenoiseFn", "TrainingPair", "Objective", "StageContext",
     # audio, mels and weights
     "AudioConfig", "MelConfig", "LOG_FLOOR", "log_mel", "LogMel", "mel_filterbank", "channels_problem", "with_channels",
-    "load_state", "torch_load", "write_audio", "save_spectrogram",
+    "load_state", "torch_load", "empty_parameters", "write_audio", "save_spectrogram",
     "copy_adapters",  # a network that copies itself by rebuilding keeps its adapters
     # built-in processes and samplers, to compose with
     "VPDiscrete", "VDiffusion", "RectifiedFlow", "DDPM", "DDIM", "VSampler", "initial_noise", "start_scale",
+    "draw_normal",
     # objectives: the stage's examples
     "training_dataset", "collate",
     # dataset readers: build an ItemSet row by row under the bad-row rules (docs/data.md)

@@ -30,8 +30,6 @@ configuration the tower does not cover go through transformers' classes.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -40,7 +38,7 @@ import torch.nn.functional as F
 from tta_core.plugin import Conditioning, TtaError
 
 from .nets import ClapTextModelWithProjection, clap_text_unsupported
-from .pretrained import HashedWords, check_tokenizer, json_tokenizer, random_config
+from .pretrained import HashedWords, check_tokenizer, json_tokenizer, local_safetensors, random_config
 
 #: The text tower of laion's CLAP checkpoints (ClapTextConfig: roberta-base with a 512-wide
 #: projection), AudioLDM's pipelines' ``text_encoder``, for ``random_weights``.
@@ -90,19 +88,15 @@ class ClapTextConditioner(torch.nn.Module):
                 from transformers import AutoTokenizer
 
                 self.tokenizer = AutoTokenizer.from_pretrained(source)
-            folder = Path(pretrained) if pretrained is not None else None
-            if folder is not None and (folder / "config.json").is_file() and (folder / "model.safetensors").is_file() \
-                    and clap_text_unsupported(json.loads((folder / "config.json").read_text())) is None:
-                from safetensors.torch import load_file
-
-                self.model = _text_tower(json.loads((folder / "config.json").read_text()))
-                self.model.load_state_dict(load_file(str(folder / "model.safetensors")))
-            elif pretrained is not None:  # a hub id, or weights in another format: transformers reads them
-                from transformers import ClapTextModelWithProjection
-
-                self.model = ClapTextModelWithProjection.from_pretrained(pretrained)
-            else:
+            if pretrained is None:
                 self.model = _text_tower(dict(config))
+            else:
+                model = local_safetensors(pretrained, "clap_text_model", _text_tower)
+                if model is None:  # a hub id, or weights in another format: transformers reads them
+                    from transformers import ClapTextModelWithProjection
+
+                    model = ClapTextModelWithProjection.from_pretrained(pretrained)
+                self.model = model
         except OSError as exc:
             raise TtaError(f"clap_text: cannot load from '{pretrained or source}' ({exc}). Offline, point "
                            "pretrained: and tokenizer: at local folders.") from None

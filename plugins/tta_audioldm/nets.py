@@ -23,6 +23,7 @@ Covered:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -30,6 +31,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tta_core.plugin import draw_normal
 
 from .pretrained import AttrDict as Config
 
@@ -140,17 +143,22 @@ def _run(module: nn.Module, owner: nn.Module, *args):
     return module(*args)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Scaled dot-product attention; on a CPU, a training step (gradients on) over short
-    sequences (at most SHORT_ATTENTION query positions) runs torch's plain math kernel, which is
-    a few percent faster there with its backward. Everywhere else the fused kernel wins (2-5x at
-    AudioLDM's 1024-2048 positions), and sampling always takes it."""
-    if q.device.type == "cpu" and torch.is_grad_enabled() and q.shape[-2] <= SHORT_ATTENTION:
+def attention_kernel(device: torch.device, positions: int) -> Any:
+    """The scaled-dot-product kernel to attend with, as a context: on a CPU, a training step
+    (gradients on) over short sequences (at most SHORT_ATTENTION query positions) runs torch's
+    plain math kernel, which is a few percent faster there with its backward. Everywhere else
+    the fused kernel wins (2-5x at AudioLDM's 1024-2048 positions), and sampling always takes it."""
+    if device.type == "cpu" and torch.is_grad_enabled() and positions <= SHORT_ATTENTION:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        with sdpa_kernel(SDPBackend.MATH):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled dot-product attention with the kernel :func:`attention_kernel` picks."""
+    with attention_kernel(q.device, q.shape[-2]):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class Attention(nn.Module):
@@ -619,10 +627,7 @@ class DiagonalGaussian:
         self.var = torch.exp(self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        device = self.mean.device
-        at = generator.device if generator is not None else device
-        noise = torch.randn(self.mean.shape, generator=generator, device=at, dtype=self.mean.dtype).to(device)
-        return self.mean + self.std * noise
+        return self.mean + self.std * draw_normal(self.mean, generator)
 
     def mode(self) -> torch.Tensor:
         return self.mean

@@ -124,6 +124,28 @@ def json_tokenizer(folder: str | None) -> JsonTokenizer | None:
     return JsonTokenizer(folder)
 
 
+def local_safetensors(folder: str, model_type: str, build: Any) -> Any:
+    """The network of a local folder in transformers' layout whose config.json is of
+    ``model_type`` and whose weights are ``model.safetensors``: ``build(config)`` as
+    placeholders, given the file's tensors (nothing initialised and then overwritten). None for
+    anything else (a hub id, another model, weights in another format), which transformers'
+    ``from_pretrained`` reads."""
+    path = Path(folder)
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        return None
+    config = json.loads((path / "config.json").read_text())
+    if config.get("model_type", model_type) != model_type:
+        return None
+    from safetensors.torch import load_file
+
+    from tta_core.plugin import empty_parameters, load_state
+
+    with empty_parameters():
+        net = build(config)
+    load_state(net, load_file(str(path / "model.safetensors")), str(path / "model.safetensors"))
+    return net
+
+
 def _tokenizer_config(folder: Path) -> dict:
     file = folder / "tokenizer_config.json"
     return json.loads(file.read_text()) if file.is_file() else {}

@@ -199,23 +199,20 @@ def build_unet(config: dict) -> torch.nn.Module:
 
 
 def _attention_processor():
-    """diffusers' scaled-dot-product attention through :func:`tta_audioldm.nets.attention`,
-    which picks torch's plain math kernel for a CPU training step over short sequences. Chosen
-    per call, inside the processor, so that gradient checkpointing recomputes with the same
-    kernel."""
+    """diffusers' scaled-dot-product attention with the kernel
+    :func:`tta_audioldm.nets.attention_kernel` picks (torch's plain math kernel for a CPU
+    training step over short sequences), as tta's own networks attend. Chosen per call, inside
+    the processor, so that gradient checkpointing recomputes with the same kernel."""
     from diffusers.models.attention_processor import AttnProcessor2_0
-    from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from .nets import SHORT_ATTENTION
+    from .nets import attention_kernel
 
     class CPUAttention(AttnProcessor2_0):
         def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                      *args, **kwargs):
-            call = super().__call__
             positions = hidden_states.shape[1] if hidden_states.ndim == 3 else math.prod(hidden_states.shape[2:])
-            if hidden_states.device.type != "cpu" or not torch.is_grad_enabled() or positions > SHORT_ATTENTION:
-                return call(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-            with sdpa_kernel(SDPBackend.MATH):
-                return call(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+            with attention_kernel(hidden_states.device, positions):
+                return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
+                                        *args, **kwargs)
 
     return CPUAttention()

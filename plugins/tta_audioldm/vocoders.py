@@ -11,8 +11,6 @@ and initial weights, without importing transformers), loaded from a local folder
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -176,25 +174,23 @@ class HiFiGAN(torch.nn.Module):
                  random_weights: bool = False):
         super().__init__()
         from .nets import SpeechT5HifiGan
+        from .pretrained import local_safetensors
 
         if pretrained is not None and random_weights:
             from .pretrained import random_config
 
             cfg = random_config(pretrained, HIFIGAN_CONFIGS, "hifigan", subfolder="vocoder")
             self.net = SpeechT5HifiGan(**{**cfg, **dict(config or {})})
-        elif pretrained is not None and (Path(pretrained) / "model.safetensors").is_file() \
-                and (Path(pretrained) / "config.json").is_file():
-            from safetensors.torch import load_file
+        elif pretrained is not None:
+            net = local_safetensors(pretrained, "speecht5_hifigan", lambda cfg: SpeechT5HifiGan(**cfg))
+            if net is None:  # a hub id, or weights in another format: transformers reads them
+                from transformers import SpeechT5HifiGan as TransformersHifiGan
 
-            self.net = SpeechT5HifiGan(**json.loads((Path(pretrained) / "config.json").read_text()))
-            self.net.load_state_dict(load_file(str(Path(pretrained) / "model.safetensors")))
-        elif pretrained is not None:  # a hub id, or weights in another format: transformers reads them
-            from transformers import SpeechT5HifiGan as TransformersHifiGan
-
-            try:
-                self.net = TransformersHifiGan.from_pretrained(pretrained)
-            except OSError as exc:
-                raise TtaError(f"hifigan: cannot load weights from '{pretrained}': {exc}") from None
+                try:
+                    net = TransformersHifiGan.from_pretrained(pretrained)
+                except OSError as exc:
+                    raise TtaError(f"hifigan: cannot load weights from '{pretrained}': {exc}") from None
+            self.net = net
         else:
             self.net = SpeechT5HifiGan(**{**AUDIOLDM_HIFIGAN, **dict(config or {})})
         cfg = self.net.config

@@ -61,7 +61,7 @@ def _draw_standard_normal(n: int, generator: torch.Generator | None, device: tor
     return _to_device(torch.randn(n, generator=generator, device=generator.device), device)
 
 
-def _draw_normal(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def draw_normal(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Gaussian noise shaped like ``like``. With a generator, drawn on the generator's device
     and moved, as diffusers' ``randn_tensor`` does, so a CPU generator gives the same numbers
     on every device."""
@@ -141,7 +141,7 @@ class _Process:
     def training_pair(self, x0: torch.Tensor, *, generator: torch.Generator | None = None) -> TrainingPair:
         """Draw a level per item, then the noise (in that order), and noise ``x0``."""
         t, alpha, sigma = self._draw_levels(x0.shape[0], generator, x0.device)
-        noise = _draw_normal(x0, generator)
+        noise = draw_normal(x0, generator)
         a, s = _bcast(alpha, x0), _bcast(sigma, x0)
         x_t = a * x0 + s * noise
         return TrainingPair(x_t, t, self.target(x0, noise, alpha, sigma), alpha, sigma, noise)

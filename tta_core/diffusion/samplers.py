@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .processes import _draw_normal, _to_device
+from .processes import _to_device, draw_normal
 
 Callback = Callable[[int, int, torch.Tensor], None]
 
@@ -72,7 +72,7 @@ def sample_ddpm(denoise: Callable, x: torch.Tensor, schedule: torch.Tensor, *,
     std = var_post.clamp(min=0).sqrt()
     for i in range(steps):
         x0 = denoise(x, alpha[i].expand(batch), sigma[i].expand(batch))
-        x = c_x0[i] * x0 + c_x[i] * x + std[i] * _draw_normal(x, generator)
+        x = c_x0[i] * x0 + c_x[i] * x + std[i] * draw_normal(x, generator)
         _report(callback, i, steps, x)
     return x
 
@@ -95,7 +95,7 @@ def sample_ddim(denoise: Callable, x: torch.Tensor, schedule: torch.Tensor, *,
         eps = (x - alpha[i] * x0) / sigma[i]
         x = alpha[i + 1] * x0 + c_eps[i] * eps
         if eta > 0:
-            x = x + std[i] * _draw_normal(x, generator)
+            x = x + std[i] * draw_normal(x, generator)
         _report(callback, i, steps, x)
     return x
 

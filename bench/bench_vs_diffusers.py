@@ -18,8 +18,8 @@ Printed per case: the median wall time of each (from spawning the process to its
 ratio tta / diffusers, the peak RSS of each process, and a per-phase split: process start
 (spawn to the first line of Python), imports, model build, weight file reads, text encoding,
 the sampling loop, VAE decode and vocoder. The two outputs must agree to 1e-4 of the peak.
-Then the sampling loop's seconds per step against a bare U-Net forward on the same inputs
-(both guidance halves in one batch), and `tta-run --help` / `tta-run plugins` against
+Then, in one process, the sampling loop's seconds per step against the bare U-Net forward on
+exactly the inputs the loop gave it (both guidance halves in one batch), and `tta-run --help` / `tta-run plugins` against
 ``python -c "import torch"``.
 
 The first `tta-run sample` of a run at a new shape estimates its memory on fake tensors (about
@@ -168,22 +168,49 @@ def child_diffusers(folder: str, steps: int, duration: float, out: Path, t_first
 
 
 def child_bare(run: str, steps: int, duration: float, out: Path) -> None:
-    """Seconds per bare U-Net forward on the loop's inputs (both guidance halves in one batch)."""
+    """The sampling loop's seconds per step against the bare U-Net forward, in one process.
+
+    Three times in turn: the pipeline samples ``steps`` steps (guidance on, both halves in one batch)
+    while every network call is timed and its inputs kept; then the bare network runs again on
+    exactly those inputs. A loop step is the time between two step callbacks (the first step of
+    each call, which pays the first call at a shape, is reported apart)."""
     import torch
 
     from tta_core.sampling import load_pipeline
 
     pipe = load_pipeline(Path(run) / "recipe.yaml", device="cpu")
-    length = pipe.length_for(duration)
-    x = torch.randn(2, *pipe.autoencoder.latent_shape(length))
-    cond = pipe.conditioner.encode_text([PROMPT, ""])
-    t = torch.full((2,), 500.0)
-    with torch.no_grad():
-        pipe.denoiser(x, t, cond)  # warm-up
+    net, forward = pipe.denoiser, pipe.denoiser.forward
+    calls: list[tuple[float, tuple]] = []
+
+    def timed_forward(*a, **k):
         start = time.perf_counter()
-        for _ in range(steps):
-            pipe.denoiser(x, t, cond)
-    (out / "bare.json").write_text(json.dumps({"per_step": (time.perf_counter() - start) / steps}))
+        result = forward(*a, **k)
+        calls.append((time.perf_counter() - start, a))
+        return result
+
+    loop_steps, in_net, bare, first = [], [], [], []
+    for _ in range(3):
+        calls.clear()
+        stamps = [time.perf_counter()]
+        net.forward = timed_forward
+        try:
+            pipe.generate([PROMPT], steps=steps, guidance=GUIDANCE, duration=duration, seed=0,
+                          progress=lambda *_: stamps.append(time.perf_counter()))
+        finally:
+            net.forward = forward
+        intervals = [b - a for a, b in zip(stamps, stamps[1:])]
+        first.append(intervals[0])
+        loop_steps += intervals[1:]
+        in_net += [c[0] for c in calls[1:]]
+        with torch.no_grad():
+            for _, inputs in calls[1:]:
+                start = time.perf_counter()
+                net(*inputs)
+                bare.append(time.perf_counter() - start)
+    own = [s - n for s, n in zip(loop_steps, in_net)]
+    (out / "bare.json").write_text(json.dumps({
+        "loop": statistics.median(loop_steps), "bare": statistics.median(bare),
+        "own": statistics.median(own), "first": statistics.median(first)}))
 
 
 # -- the parent ---------------------------------------------------------------------------------
@@ -309,15 +336,14 @@ def main() -> None:
         print(f"{'case':<18}" + "".join(f"{k:>14}" for k in names))
         for case, _, pa, pb in splits:
             print(f"{case:<18}" + "".join(f"{pa.get(k, 0):6.2f}/{pb.get(k, 0):<6.2f}".rjust(14) for k in names))
-        print("\nsampling loop per step against a bare U-Net forward (batch 2):")
+        print("\nsampling loop per step against the bare U-Net forward on the same inputs (batch 2, one process):")
         for duration in args.durations:
-            steps = max(args.steps)
             out = work / f"bare-{duration}"
-            spawn(["bare", str(run), str(min(steps, 10)), str(duration)], out)
-            bare = json.loads((out / "bare.json").read_text())["per_step"]
-            loop = next(pa["loop"] for case, s, pa, _ in splits if s == steps and case.endswith(f"{duration:g} s"))
-            print(f"  {duration:g} s: loop {loop / steps:.3f} s/step, bare network {bare:.3f} s/step: "
-                  f"{loop / steps / bare:.3f}x")
+            spawn(["bare", str(run), str(min(max(args.steps), 10)), str(duration)], out)
+            m = json.loads((out / "bare.json").read_text())
+            print(f"  {duration:g} s: loop {m['loop']:.3f} s/step, bare network {m['bare']:.3f} s/step: "
+                  f"{m['loop'] / m['bare']:.3f}x; the loop's own {1000 * m['own']:.1f} ms/step; "
+                  f"first step {m['first']:.2f} s")
         startup(max(3, args.repeats))
 
 

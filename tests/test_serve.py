@@ -279,13 +279,19 @@ def test_loopback_is_told_from_other_addresses():
 
 
 @pytest.mark.slow
+def _interruptible() -> None:
+    """Ctrl-C reaches the server as at a terminal: a suite started in the background by a
+    shell without job control runs with SIGINT ignored, and its children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_tta_run_serve_listens_on_loopback_and_stops_on_ctrl_c(tiny_run, tmp_path):
     args, root = tiny_run
     args = [a for a in args if a != "--no-progress"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")])}
     proc = subprocess.Popen([sys.executable, "-m", "tta_core.cli", str(RECIPE), "serve", *args, "--port", "0",
                              "--out", str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=_interruptible)
     try:
         line = proc.stdout.readline()
         assert line.startswith("serving quickstart (run "), line + proc.stderr.read()

@@ -19,8 +19,8 @@ ratio tta / diffusers, the peak RSS of each process, and a per-phase split: proc
 (spawn to the first line of Python), imports, model build, weight file reads, text encoding,
 the sampling loop, VAE decode and vocoder. The two outputs must agree to 1e-4 of the peak.
 Then, in one process, the sampling loop's seconds per step against the bare U-Net forward on
-exactly the inputs the loop gave it (both guidance halves in one batch), and `tta-run --help` / `tta-run plugins` against
-``python -c "import torch"``.
+exactly the inputs the loop gave it (both guidance halves in one batch), and `tta-run --help` /
+`tta-run plugins` against ``python -c "import torch"``.
 
 The first `tta-run sample` of a run at a new shape estimates its memory on fake tensors (about
 4 s at this size) and keeps the estimate in the run's cache: with the default 3 repeats the
@@ -172,8 +172,9 @@ def child_bare(run: str, steps: int, duration: float, out: Path) -> None:
 
     Three times in turn: the pipeline samples ``steps`` steps (guidance on, both halves in one batch)
     while every network call is timed and its inputs kept; then the bare network runs again on
-    exactly those inputs. A loop step is the time between two step callbacks (the first step of
-    each call, which pays the first call at a shape, is reported apart)."""
+    exactly those inputs. A loop step is the time between two step callbacks; the first step of
+    each call (from the call's start: the prompt's encoding and the first network call at a
+    shape) is reported apart."""
     import torch
 
     from tta_core.sampling import load_pipeline

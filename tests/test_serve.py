@@ -278,13 +278,13 @@ def test_loopback_is_told_from_other_addresses():
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4") and not is_loopback("example.org")
 
 
-@pytest.mark.slow
 def _interruptible() -> None:
     """Ctrl-C reaches the server as at a terminal: a suite started in the background by a
     shell without job control runs with SIGINT ignored, and its children inherit that."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow
 def test_tta_run_serve_listens_on_loopback_and_stops_on_ctrl_c(tiny_run, tmp_path):
     args, root = tiny_run
     args = [a for a in args if a != "--no-progress"]

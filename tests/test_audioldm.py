@@ -52,6 +52,41 @@ def test_kl_vae_centres_its_input_and_answers_in_log_mel_units():
         tiny_vae(mel_std=0.0)
 
 
+def test_kl_vae_posterior_std_holds_the_noise_at_that_share_of_the_latent_spread(sounds):
+    """posterior_std: the posterior's noise is that share of the scaled latent's spread, what
+    the latent cache stores and what the decoder trains on, however the scale moves."""
+    from tta_audioldm.vae_gan import VAEGAN
+    from tta_core.data.dataset import AudioTextDataset, collate
+    from tta_datasets.readers import jsonl
+
+    torch.manual_seed(0)
+    learned, fixed = tiny_vae(mel_mean=-5.0, mel_std=2.0), tiny_vae(mel_mean=-5.0, mel_std=2.0, posterior_std=0.25)
+    fixed.load_state_dict(learned.state_dict())
+    mel = collate([AudioTextDataset(jsonl(str(sounds)), AUDIO, train=False)[i] for i in range(8)])["mel"]
+    objective = VAEGAN()
+    objective.bare = fixed
+    with torch.no_grad():
+        for _ in range(60):  # scale-by-std as the VAE stage tracks it, from posterior samples
+            objective._track_scale(fixed.posterior(mel))
+    scale = float(fixed.scale_factor)
+    assert scale != 1.0
+    with torch.no_grad():
+        mean, std = fixed.encode_moments(mel)
+        # the mean is the learned VAE's; only the noise differs
+        torch.testing.assert_close(mean, learned.posterior(mel).mean * scale)
+        samples = fixed.encode(mel, sample=True, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(std, torch.full_like(std, 0.25))
+    assert abs(float(samples.std()) - 1.0) < 0.05  # the tracked scale takes the fixed noise into account
+    assert abs(float((samples - mean).std()) - 0.25) < 0.02
+    # the learned posterior's noise is another share (here, a fresh encoder's: most of it)
+    learned.scale_factor.fill_(scale)
+    with torch.no_grad():
+        assert float(learned.encode_moments(mel)[1].mean()) > 0.5
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="posterior_std"):
+            tiny_vae(posterior_std=bad)
+
+
 def test_unet2d_patches_run_the_network_at_half_size_and_give_the_latent_back():
     torch.manual_seed(0)
     unet = UNet2D(in_channels=4, channels=(16, 32), layers_per_block=1, cross_attention_dim=8, norm_groups=8,

@@ -19,6 +19,15 @@ from scratch on a small budget learns several times faster from centred input (t
 silence floor sits near -11.5, so a decoder without the offset spends its first hundreds of
 steps learning a bias).
 
+``posterior_std``: the posterior's standard deviation, fixed, in units of the scaled latent
+(whose spread is 1): the encoder's log-variance output is then not used, and the noise the
+decoder learns to forgive stays that share of the latent's spread however long the VAE trains.
+By default (None) the posterior's variance is learned, as in AudioLDM; with the small KL
+weights text-to-audio VAEs train with, it shrinks as training goes on, and a decoder trained
+on less noise forgives a diffusion model's small errors less. (Exported to diffusers, the
+AutoencoderKL keeps the encoder's unused log-variance output: its ``latent_dist.mode()`` is
+this VAE's latent, its ``sample()`` is not; AudioLDMPipeline samples without either.)
+
 ``gradient_checkpointing: true``: the encoder's and decoder's blocks recompute their
 activations in the backward pass instead of keeping them (diffusers' gradient checkpointing):
 less memory while the VAE trains, more compute; nothing changes when it is frozen.
@@ -67,6 +76,7 @@ class KLVAE(torch.nn.Module):
         mel_std: float = 1.0,
         diffusers_config: dict | None = None,
         gradient_checkpointing: bool = False,
+        posterior_std: float | None = None,
         audio=None,
     ):
         super().__init__()
@@ -107,6 +117,10 @@ class KLVAE(torch.nn.Module):
         if not mel_std > 0:
             raise ValueError(f"kl_vae: mel_std must be positive, got {mel_std}")
         self.mel_mean, self.mel_std = float(mel_mean), float(mel_std)
+        if posterior_std is not None and not 0 < posterior_std < 1:
+            raise ValueError(f"kl_vae: posterior_std is a share of the scaled latent's spread, in (0, 1); "
+                             f"got {posterior_std}")
+        self.posterior_std = None if posterior_std is None else float(posterior_std)
 
     def latent_shape(self, n: int) -> tuple[int, ...]:
         """Latent shape for ``n`` mel frames; frames are padded up to a multiple of r."""
@@ -119,7 +133,12 @@ class KLVAE(torch.nn.Module):
 
     def posterior(self, mel: torch.Tensor):
         """The unscaled latent's diagonal Gaussian (diffusers' DiagonalGaussianDistribution)."""
-        return self.vae.encode((self._pad(mel) - self.mel_mean) / self.mel_std).latent_dist
+        dist = self.vae.encode((self._pad(mel) - self.mel_mean) / self.mel_std).latent_dist
+        if self.posterior_std is None:
+            return dist
+        # fixed: posterior_std in scaled units is posterior_std / scale_factor unscaled
+        logvar = 2.0 * torch.log(self.posterior_std / self.scale_factor.float())
+        return type(dist)(torch.cat([dist.mean, logvar.to(dist.mean.dtype).expand_as(dist.mean)], dim=1))
 
     def encode(self, mel: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
         """Scaled latent: the posterior mean (or a sample, for training a diffusion model)."""

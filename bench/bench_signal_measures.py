@@ -1,10 +1,11 @@
 """Signal measures of generated clips against real ones, label by label: a check on the
 adherence classifier that shares nothing with it (nor with the mel the models work in).
 
-    .venv/bin/python bench/bench_signal_measures.py runs/quickstart/adherence [more folders]
+    .venv/bin/python bench/bench_signal_measures.py [runs/quickstart/adherence] [more folders]
         [--reference data/sounds/manifest.jsonl] [--per-label 32]
 
-Each folder holds clips named ``<label>-<i>.wav`` (what ``eval --adherence`` writes). From a
+Each folder holds clips named ``<label>-<i>.wav`` (what ``eval --adherence`` writes; by default
+the clips of the run ``make demo`` trains). From a
 linear-frequency STFT of the waveform (1024 points, hop 10 ms), over the frames within 30 dB
 of the clip's loudest (its active frames):
 
@@ -73,6 +74,8 @@ def _label(path: Path) -> str:
 
 
 def _table(folder: Path) -> tuple[dict[str, list[dict]], float]:
+    if not folder.is_dir():
+        raise SystemExit(f"{folder}: no such folder (`make demo` writes runs/quickstart/adherence)")
     by_label: dict[str, list[dict]] = {}
     seconds = []
     for path in sorted(folder.glob("*.wav")):
@@ -126,7 +129,7 @@ def _median(rows: list[dict], key: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("folders", nargs="+", type=Path)
+    p.add_argument("folders", nargs="*", type=Path, default=[REPO / "runs/quickstart/adherence"])
     p.add_argument("--reference", type=Path, default=REPO / "data/sounds/manifest.jsonl")
     p.add_argument("--per-label", type=int, default=32)
     args = p.parse_args(argv)

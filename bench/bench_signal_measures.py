@@ -53,16 +53,8 @@ def measures(wave: np.ndarray, rate: int) -> dict[str, float]:
     bins = np.arange(power.shape[1])
     near = np.abs(bins[None, :] - peak[:, None]) <= 2
     purity = (power * near).sum(1) / power.sum(1)
-    loud = energy > energy.max() - 20
-    runs, length = [], 0
-    for on in loud:
-        if on:
-            length += 1
-        elif length:
-            runs.append(length)
-            length = 0
-    if length:
-        runs.append(length)
+    edges = np.diff(np.concatenate([[0], (energy > energy.max() - 20).astype(int), [0]]))
+    runs = np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)  # lengths of the loud runs
     steady = energy > energy.max() - 10
     hz = peak[steady] * rate / N_FFT
     return {"flatness": float(np.median(flat[active])), "purity": float(np.median(purity[active])),

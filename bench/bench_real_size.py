@@ -88,13 +88,22 @@ def bench(name: str, device: str, root: Path) -> list[tuple[str, int | None, int
     for stage in stages:
         peak, seconds = measure(lambda: run([str(path), "train", "--stage", stage, "--max-steps", "1",
                                              "--device", device, "--skip-memory-check", *args]), device)
-        rows.append((stage, estimates.get(stage), peak, seconds))
+        rows.append((stage, estimates.get(stage), peak, seconds, _skipped(root / "run" / stage)))
     batch = plan.sampling.batch_size if plan.sampling and plan.sampling.batch_size else 1
     peak, seconds = measure(lambda: run([str(path), "sample", "--text", "a dog barks", "--n", str(batch),
                                          "--steps", "1", "--device", device, "--skip-memory-check",
                                          "--out", str(root / "out"), *args]), device)  # one batch of the plan's size
-    rows.append(("sample", plan.sampling.estimated_peak_bytes if plan.sampling else None, peak, seconds))
+    rows.append(("sample", plan.sampling.estimated_peak_bytes if plan.sampling else None, peak, seconds, 0))
     return rows
+
+
+def _skipped(stage_dir: Path) -> int:
+    """Steps the stage skipped for a non-finite loss (no optimizer state was made for them)."""
+    import json
+
+    log = stage_dir / "logs" / "metrics.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    return max((int(r.get("nonfinite_skipped", 0)) for r in rows), default=0)
 
 
 def main() -> int:
@@ -108,13 +117,13 @@ def main() -> int:
     print(f"{'recipe':<15} {'stage':<8} {'estimate':>10} {'measured':>10} {'ratio':>6} {'seconds':>8}")
     for name in args.recipes:
         with tempfile.TemporaryDirectory() as tmp:
-            for stage, estimate, peak, seconds in bench(name, args.device, Path(tmp)):
+            for stage, estimate, peak, seconds, skipped in bench(name, args.device, Path(tmp)):
                 ratio = estimate / peak if estimate and peak else float("nan")
                 ok = 0.7 <= ratio <= 1.3
                 failed |= not ok
                 print(f"{name:<15} {stage:<8} {format_bytes(estimate) if estimate else '-':>10} "
-                      f"{format_bytes(peak):>10} {ratio:>6.2f} {seconds:>8.1f}{'' if ok else '  outside 0.7-1.3'}",
-                      flush=True)
+                      f"{format_bytes(peak):>10} {ratio:>6.2f} {seconds:>8.1f}{'' if ok else '  outside 0.7-1.3'}"
+                      f"{'  (the step was skipped: non-finite loss)' if skipped else ''}", flush=True)
     return 1 if failed else 0
 
 

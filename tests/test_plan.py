@@ -109,6 +109,22 @@ def test_the_report_says_what_fits_and_what_to_set(planned, tiny_run, capsys):
     assert "to fit, add:  --set " in out and "stage vae" not in out and "sampling" not in out
 
 
+def test_on_a_gpu_the_frozen_autoencoder_of_a_cached_stage_is_not_counted_on_the_device(tiny_run):
+    """The ldm stage trains from cached latents, so on an accelerator its frozen VAE waits on the
+    CPU (tta_core.training.latent_diffusion): a plan for CUDA (the CPU standing in here) leaves
+    the VAE's weights out of the peak and says why; on the CPU they are in it."""
+    plans = {device: _plan_json(*_sets(tiny_run), "--stage", "ldm", "--no-measure", "--device", device)["stages"][0]
+             for device in ("cpu", "cuda")}
+    vae = {d: next(c for c in p["components"] if c["name"] == "vae") for d, p in plans.items()}
+    assert "waits on the CPU" in vae["cuda"]["note"] and "waits on the CPU" not in vae["cpu"]["note"]
+    vae_bytes = 4 * vae["cpu"]["params"]  # fp32 weights
+    assert plans["cpu"]["breakdown"]["weights"] - plans["cuda"]["breakdown"]["weights"] == vae_bytes
+    # without the cache the steps encode their clips, and the VAE stays on the device
+    uncached = _plan_json(*_sets(tiny_run), "--set", "train.ldm.objective.cache=false", "--stage", "ldm",
+                          "--no-measure", "--device", "cuda")["stages"][0]
+    assert uncached["breakdown"]["weights"] == plans["cpu"]["breakdown"]["weights"]
+
+
 @pytest.mark.slow
 def test_the_estimate_is_within_30_percent_of_a_measured_training_run(tiny_run, tmp_path):
     """The stage trained for real (two steps, at a batch of 6 the plan extrapolates to from its

@@ -340,8 +340,10 @@ class _StagePlanner:
     """Estimates of one stage under any :class:`_Setting`; the real steps behind them run
     once per (precision, checkpointing) and are reused for every batch size."""
 
-    def __init__(self, recipe: Any, registry: Any, stage: Any, components: _Components, measure: bool):
+    def __init__(self, recipe: Any, registry: Any, stage: Any, components: _Components, measure: bool,
+                 target: Any = None):
         self.recipe, self.registry, self.stage = recipe, registry, stage
+        self.target = components.device if target is None else target  # the device planned for
         self.components, self.measure = components, measure
         self.audio = stage.audio_for(recipe.audio)
         self._trials: dict[tuple[str, tuple[str, ...]], _Trial] = {}
@@ -403,13 +405,16 @@ class _StagePlanner:
         peaks, method = step_peaks(run, lambda n: _synthetic_batch(objective, self.audio, n, device),
                                    (1, max(2, stage.batch_size)), (1, 2), (objective, *modules.values()), _cuda(device))
         trained = {n for n in stage.trains if n in modules} | {n for n in modules if n not in self.recipe.components}
-        weights = sum(_nbytes(m)[1] for m in modules.values())
-        frozen = sum(_nbytes(m)[1] for n, m in modules.items() if n not in trained)
+        parked = set(objective.parked(ctx, self.target)) - trained if hasattr(objective, "parked") else set()
+        weights = sum(_nbytes(m)[1] for n, m in modules.items() if n not in parked)
+        frozen = sum(_nbytes(m)[1] for n, m in modules.items() if n not in trained and n not in parked)
         ema = sum(_nbytes(modules[n])[1] for n in stage.trains if n in modules) if stage.ema is not None else 0
         if ema:
             infos += [ComponentPlan(f"{c.name}.ema", c.type, "ema", c.params, c.bytes, c.random_weights,
                                     "EMA copy (fp32)") for c in infos if c.role == "trained" and c.name in stage.trains
                       and c.params]
+        infos = [replace(c, note=f"waits on the CPU while the steps train from cached latents{'; ' + c.note if c.note else ''}")
+                 if c.name in parked else c for c in infos]
         trial = _Trial(peaks, method, weights, frozen, {n: [tuple(p.shape) for p in ps] for n, ps in groups.items()},
                        ema, infos)
         if timed:
@@ -653,7 +658,8 @@ def _plan_stage(recipe, registry, cfg, components, target, limit, batch_size, pr
     resolved = _precision(precision or cfg.precision, target)
     audio = cfg.audio_for(recipe.audio)
     out = StagePlan(cfg.name, [], cfg.batch_size, resolved, audio.duration, grad_accum=cfg.grad_accum)
-    planner = shared.setdefault(("stage", cfg.name), _StagePlanner(recipe, registry, cfg, components, measure))
+    planner = shared.setdefault(("stage", cfg.name, str(target)),
+                                _StagePlanner(recipe, registry, cfg, components, measure, target))
     base = _Setting(resolved, cfg.batch_size, cfg.grad_accum)
     missing = [info for info in _listed(recipe, components, cfg)
                if info.params is None and info.name in (*cfg.trains, *cfg.frozen)]

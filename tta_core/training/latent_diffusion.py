@@ -95,6 +95,15 @@ class LatentDiffusion:
         if self.audio_conditioning and not hasattr(ctx.unwrap(ctx.roles["conditioner"]), "encode_audio"):
             raise UsageError(f"audio_conditioning: the conditioner '{ctx.roles['conditioner']}' has no audio side")
 
+    def parked(self, ctx: Any, device: Any) -> list[str]:
+        """The autoencoder, when the steps on ``device`` train from cached latents: it waits on
+        the CPU (``frozen_autoencoder_device``). A set read as a stream of shards is encoded as
+        it comes, so its autoencoder stays; ``plan``, which reads no data, assumes a cache."""
+        if not self.cache or self.audio_conditioning:
+            return []
+        park = frozen_autoencoder_device(device, latents_cached=True)
+        return [ctx.roles["autoencoder"]] if park != torch.device(device) else []
+
     def train_dataset(self, ctx: Any) -> Any:
         from .datasets import items_for, training_dataset
 

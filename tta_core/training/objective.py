@@ -91,6 +91,9 @@ class Objective(Protocol):
         that a resumed run draws exactly what an uninterrupted one would.
     Optional: ``validate(ctx, out_dir: Path) -> dict`` (write a few clips and spectrograms
         into ``out_dir``, return metrics); ``collate(items)``.
+    Optional ``parked(ctx, device) -> list[str]``: the frozen components that wait off
+        ``device`` while the steps run (a frozen autoencoder once its latents are cached):
+        ``plan`` leaves their weights out of that device's peak.
     """
 
     def setup(self, ctx: StageContext) -> None: ...

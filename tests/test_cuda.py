@@ -93,8 +93,9 @@ def test_device_cuda_1_trains_on_the_second_gpu(tiny_run, tmp_path):
 
 
 def test_plan_estimates_the_measured_cuda_peak_within_30_percent(tiny_run, tmp_path, capsys):
-    """At batch 16 (about 57 MB planned): at the toy run's batch 2 the plan's 9.0 MB met 16.6 MB
-    measured on an H200, CUDA's own fixed scratch outweighing the networks' tensors."""
+    """At batch 16 (about 57 MB planned). At the toy run's batch 2 the plan's 9.0 MB met 16.6 MB
+    measured on an H200: at a few MB, what the plan leaves to its headroom (allocator rounding,
+    library scratch) outweighs the networks' tensors."""
     args = [*_args(tiny_run, tmp_path / "run"), "--set", "train.ldm.batch_size=16"]
     sets = [a for i, a in enumerate(args) if a == "--set" or (i and args[i - 1] == "--set")]  # plan takes the --sets
     capsys.readouterr()

@@ -96,8 +96,9 @@ def test_plan_estimates_the_measured_cuda_peak_within_30_percent(tiny_run, tmp_p
     """At batch 16 (about 57 MB planned). At the toy run's batch 2 the plan's 9.0 MB met 16.6 MB
     measured on an H200: at a few MB, what the plan leaves to its headroom (allocator rounding,
     library scratch) outweighs the networks' tensors."""
-    args = [*_args(tiny_run, tmp_path / "run"), "--set", "train.ldm.batch_size=16"]
-    sets = [a for i, a in enumerate(args) if a == "--set" or (i and args[i - 1] == "--set")]  # plan takes the --sets
+    run_args = _args(tiny_run, tmp_path / "run")
+    sets = [*run_args[:run_args.index("--run-dir")], "--set", "train.ldm.batch_size=16"]  # plan takes the --sets
+    args = [*sets, *run_args[run_args.index("--run-dir"):]]
     capsys.readouterr()
     assert main([QUICKSTART, "plan", *sets, "--device", "cuda", "--stage", "ldm", "--json"]) == 0
     stage = next(s for s in json.loads(capsys.readouterr().out)["stages"] if s["name"] == "ldm")

@@ -341,9 +341,9 @@ class _StagePlanner:
     once per (precision, checkpointing) and are reused for every batch size."""
 
     def __init__(self, recipe: Any, registry: Any, stage: Any, components: _Components, measure: bool,
-                 target: Any = None):
+                 target: Any):
         self.recipe, self.registry, self.stage = recipe, registry, stage
-        self.target = components.device if target is None else target  # the device planned for
+        self.target = target  # the device planned for (components.device runs the steps)
         self.components, self.measure = components, measure
         self.audio = stage.audio_for(recipe.audio)
         self._trials: dict[tuple[str, tuple[str, ...]], _Trial] = {}

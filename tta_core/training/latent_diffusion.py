@@ -119,9 +119,8 @@ class LatentDiffusion:
             caches = caching.build_caches(ctx, ae, text_encoder, items, shard_size=self.cache_shard_size)
             self.texts = caches["texts"]
             if caches["latents"] is not None:
-                park = frozen_autoencoder_device(ctx.device, latents_cached=True)
-                if park != torch.device(ctx.device):
-                    ae.to(park)
+                for name in self.parked(ctx, ctx.device):  # the rule plan counts by
+                    ctx.unwrap(name).to(frozen_autoencoder_device(ctx.device, latents_cached=True))
                 window = ae.latent_shape(ctx.audio.num_frames if domain == "mel" else ctx.audio.num_samples)[1]
                 return caching.CachedLatentDataset(items, ctx.audio, caches["latents"], stride=caches["stride"],
                                                    domain=domain, window=window, texts=self.texts,
